@@ -1,0 +1,212 @@
+"""Streaming access to a particle STAR file (``run_itNNN_data.star``).
+
+A facility data.star holds millions of rows, so nothing here loads the table: both
+functions read the file line by line, in bytes, and keep memory flat in particle count.
+
+* :func:`scan_particles` counts particles per class (``rlnClassNumber``) and keeps the
+  optics table and the last particle row.
+* :func:`write_selected` copies the file, keeping every header, comment, optics row and
+  blank line as it is, and only those particle rows whose class is selected, byte for byte
+  and in input order.
+
+Both RELION 3.1+ files (``data_optics`` + ``data_particles``) and RELION 3.0 files (one
+table, usually ``data_`` or ``data_images``) are handled, as are quoted strings, blank lines
+and CRLF line ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .star import StarBlock, StarError, tokenize
+
+ABORT_CHECK_EVERY = 200_000  # lines between calls of the abort callback
+
+
+@dataclass
+class ParticleSummary:
+    """What a pass over data.star learnt.
+
+    ``counts[k]`` is the number of rows with ``rlnClassNumber == k``; ``optics`` is the
+    optics table (None for a RELION 3.0 file); ``last_row`` maps label -> value of the last
+    particle row (RELION's first-peak CTF correction uses its defocus).
+    """
+
+    path: str
+    n_particles: int
+    counts: dict[int, int]
+    labels: list[str]
+    optics: StarBlock | None
+    last_row: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_optics_groups(self) -> int:
+        return max(1, len(self.optics.rows)) if self.optics is not None else 1
+
+
+def _is_particle_table(name: str, labels: list[str]) -> bool:
+    return name == "particles" or (name != "optics" and "rlnImageName" in labels)
+
+
+def _class_of(token: bytes, path: str, lineno: int) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        try:
+            value = float(token)
+        except ValueError:
+            raise StarError(f"{path}: line {lineno}: rlnClassNumber {token.decode(errors='replace')!r} "
+                            "is not a number") from None
+        if value != int(value):
+            raise StarError(f"{path}: line {lineno}: rlnClassNumber {value} is not an integer")
+        return int(value)
+
+
+def _split(line: bytes) -> list[bytes]:
+    if b'"' in line or b"'" in line:
+        return [t.encode() for t in tokenize(line.decode("utf-8", errors="replace"))]
+    return line.split()
+
+
+class _Walker:
+    """Line-by-line STAR state machine that marks particle rows.
+
+    ``walk(fh)`` yields ``(line, tokens_or_None)``: tokens for every particle row
+    (already checked to have as many values as columns), None for any other line.
+    """
+
+    def __init__(self, path: str, abort: Callable[[], None] | None):
+        self.path = path
+        self.abort = abort
+        self.block = ""
+        self.labels: list[str] = []
+        self.state = "none"
+        self.found_table = False
+        self.class_index = -1
+        self.optics = None
+
+    def walk(self, fh):
+        path = self.path
+        for lineno, line in enumerate(fh, 1):
+            if self.abort is not None and lineno % ABORT_CHECK_EVERY == 0:
+                self.abort()
+            stripped = line.strip()
+            if not stripped or stripped.startswith(b"#"):
+                yield line, None
+                continue
+            if stripped.startswith(b"data_"):
+                self.block = stripped[5:].decode(errors="replace").split()[0] if len(stripped) > 5 else ""
+                self.labels, self.state, self.class_index = [], "keys", -1
+                yield line, None
+                continue
+            if stripped.startswith(b"loop_"):
+                self.state = "labels"
+                yield line, None
+                continue
+            if stripped.startswith(b"_"):
+                if self.state == "rows":
+                    raise StarError(f"{path}: line {lineno}: column label after the rows of data_{self.block}")
+                if self.state == "labels":
+                    self.labels.append(stripped[1:].split()[0].decode(errors="replace"))
+                yield line, None
+                continue
+            if self.state not in ("labels", "rows"):
+                raise StarError(f"{path}: line {lineno}: unexpected text outside a table")
+            if self.state == "labels":
+                self.state = "rows"
+                self._start_table(lineno)
+            tokens = _split(stripped)
+            if len(tokens) != len(self.labels):
+                raise StarError(f"{path}: line {lineno}: row has {len(tokens)} values but table "
+                                f"data_{self.block} has {len(self.labels)} columns (truncated or garbled?)")
+            if self.class_index >= 0:
+                yield line, tokens
+            else:
+                if self.block == "optics":
+                    self.optics.rows.append([t.decode(errors="replace") for t in tokens])
+                yield line, None
+
+    def _start_table(self, lineno: int) -> None:
+        if self.block == "optics":
+            self.optics = StarBlock(name="optics", labels=list(self.labels), source=self.path)
+            self.class_index = -1
+        elif _is_particle_table(self.block, self.labels):
+            if self.found_table:
+                raise StarError(f"{self.path}: line {lineno}: a second particle table (data_{self.block})")
+            if "rlnClassNumber" not in self.labels:
+                raise StarError(f"{self.path}: particle table data_{self.block} has no _rlnClassNumber column "
+                                "(is this the data.star of a 2D classification?)")
+            self.found_table = True
+            self.particle_labels = list(self.labels)
+            self.class_index = self.labels.index("rlnClassNumber")
+        else:
+            self.class_index = -1
+
+
+def _open(path: str):
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise StarError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise StarError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = None) -> ParticleSummary:
+    """Count the particles of each class in a data.star, streaming.
+
+    Raises StarError if the file has no particle table with ``rlnClassNumber``, a row is
+    garbled, or the table is empty.
+    """
+    path = os.fspath(path)
+    walker = _Walker(path, abort)
+    token_counts: Counter[bytes] = Counter()
+    last: list[bytes] | None = None
+    with _open(path) as fh:
+        for _line, tokens in walker.walk(fh):
+            if tokens is not None:
+                token_counts[tokens[walker.class_index]] += 1
+                last = tokens
+    if not walker.found_table:
+        raise StarError(f"{path}: no particle table (data_particles, or a table with _rlnImageName)")
+    counts: Counter[int] = Counter()
+    for token, n in token_counts.items():
+        counts[_class_of(token, path, 0)] += n
+    n_particles = sum(counts.values())
+    if n_particles == 0:
+        raise StarError(f"{path}: the particle table has no rows (zero particles)")
+    last_row = {label: t.decode(errors="replace") for label, t in zip(walker.particle_labels, last)}
+    return ParticleSummary(path=path, n_particles=n_particles, counts=dict(counts),
+                           labels=walker.particle_labels, optics=walker.optics, last_row=last_row)
+
+
+def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, selected_classes,
+                   abort: Callable[[], None] | None = None) -> int:
+    """Copy ``path_in`` to ``path_out`` keeping only particle rows of ``selected_classes``.
+
+    Header lines, comments, the optics table and blank lines are copied unchanged; particle
+    rows are copied byte for byte in input order. Returns the number of rows written.
+    The caller writes to a temporary name and renames it on success.
+    """
+    path_in = os.fspath(path_in)
+    wanted = set(int(k) for k in selected_classes)
+    keep: dict[bytes, bool] = {}
+    walker = _Walker(path_in, abort)
+    written = 0
+    with _open(path_in) as fh, open(path_out, "wb", buffering=1 << 20) as out:
+        write = out.write
+        for line, tokens in walker.walk(fh):
+            if tokens is None:
+                write(line)
+                continue
+            token = tokens[walker.class_index]
+            hit = keep.get(token)
+            if hit is None:
+                hit = keep[token] = _class_of(token, path_in, 0) in wanted
+            if hit:
+                write(line)
+                written += 1
+    return written
