@@ -98,6 +98,7 @@ class _Walker:
                 yield line, None
                 continue
             if stripped.startswith(b"data_"):
+                self.close(lineno)
                 self.block = stripped[5:].decode(errors="replace").split()[0] if len(stripped) > 5 else ""
                 self.labels, self.state, self.class_index = [], "keys", -1
                 yield line, None
@@ -128,6 +129,11 @@ class _Walker:
                 if self.block == "optics":
                     self.optics.rows.append([t.decode(errors="replace") for t in tokens])
                 yield line, None
+
+    def close(self, lineno: int) -> None:
+        """End the current block (a table may have labels but no rows)."""
+        if self.state == "labels" and self.labels:
+            self._start_table(lineno)
 
     def _start_table(self, lineno: int) -> None:
         if self.block == "optics":
@@ -170,6 +176,7 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
             if tokens is not None:
                 token_counts[tokens[walker.class_index]] += 1
                 last = tokens
+        walker.close(0)
     if not walker.found_table:
         raise StarError(f"{path}: no particle table (data_particles, or a table with _rlnImageName)")
     counts: Counter[int] = Counter()

@@ -1,0 +1,189 @@
+"""The External job from start to end: read, featurise, score, select, write.
+
+``relion_external_rank.py`` calls :func:`main`. Progress goes to stdout (RELION's
+run.out); an error is one line on stderr (run.err) naming the file and the problem,
+followed by ``RELION_JOB_EXIT_FAILURE`` and a non-zero exit. Outputs are written under
+temporary names and renamed together at the end, so a failure or abort leaves none.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import protocol
+from .options import OptionError, Options, parse_options, usage
+from .protocol import JobAborted, JobDir
+
+OUTPUT_NAMES = ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
+                "rank_optimiser.star", "features.star", "features_images.mrcs", protocol.NODES_FILE)
+
+
+class Log:
+    """Timed progress lines for run.out."""
+
+    def __init__(self):
+        self.t0 = self.t = time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        print(text, flush=True)
+
+    def stage(self, name: str) -> None:
+        now = time.perf_counter()
+        print(f" + {name}: {now - self.t:.2f} s", flush=True)
+        self.t = now
+
+
+def run(opts: Options, jobdir: JobDir, log: Log) -> None:
+    """Everything between reading the inputs and renaming the outputs into place."""
+    from .class2d import read_class2d, resolve_optimiser
+    from .particles import scan_particles, write_selected
+    from . import outputs
+    from .selection import select_classes
+    from .star import StarError
+
+    for note in opts.ignored:
+        log(f"Note: ignoring {note} (not used for ranking 2D classes)")
+    optimiser = resolve_optimiser(opts.in_optimiser, opts.in_parts)
+    if not os.path.exists(optimiser):
+        raise StarError(f"{optimiser}: optimiser STAR not found" +
+                        (" (looked beside the --in_parts data.star)" if not opts.in_optimiser else ""))
+    job = read_class2d(optimiser, data_path=opts.in_parts)
+    log(f"Class2D job: {optimiser}")
+    log(f"  model {job.model_path}, data {job.data_path}")
+    log(f"  {job.nr_classes} classes, box {job.box_px} px, pixel size {job.pixel_size_A:g} A, "
+        f"particle diameter {job.particle_diameter_A:g} A" + (" (VDAM)" if job.is_gradient else ""))
+    if not job.do_correct_ctf:
+        log("WARNING: this job was run without CTF correction (RELION's ranker refuses such jobs); "
+            "ranking anyway, scores may be less reliable")
+    log.stage("read optimiser and model")
+    jobdir.check_abort()
+
+    parts = scan_particles(job.data_path, abort=jobdir.check_abort)
+    unknown = sorted(set(parts.counts) - {c.class_number for c in job.classes})
+    if unknown:
+        raise StarError(f"{job.data_path}: particles belong to class(es) {unknown[:5]} that "
+                        f"{job.model_path} does not have ({job.nr_classes} classes)")
+    log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
+        f"{parts.n_optics_groups} optics group(s)")
+    log.stage("count particles per class")
+    jobdir.check_abort()
+
+    images = job.load_images()
+    from .features import compute_features
+    fs = compute_features(job, images, parts.n_particles, parts.optics, parts.last_row, abort=jobdir.check_abort)
+    for note in fs.notes:
+        log(f"Note: {note}")
+    log(f"  {len(fs.rows)} classes with more than 10 particles get features and a score")
+    log.stage("features and network images")
+    jobdir.check_abort()
+
+    from .model import load_model
+    ranker = load_model(opts.model, device=opts.device, threads=opts.threads)
+    raw_scores = ranker.score(fs.vectors, fs.images)
+    scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
+    log(f"  model {ranker.path} on {ranker.device}")
+    log.stage("scores")
+    jobdir.check_abort()
+
+    min_score = opts.min_score
+    if min_score == "auto":
+        from .threshold import auto_threshold
+        min_score = auto_threshold(raw_scores)
+        log(f"  --min_score auto: threshold {min_score:.3f} for this job")
+    sel = select_classes(scores, parts.counts, min_score, opts.max_score, opts.select_min_nr_particles,
+                         opts.select_min_nr_classes, opts.relative_thresholds)
+    if opts.relative_thresholds:
+        log(f"  relative thresholds: keep scores in [{sel.min_score:.3f}, {sel.max_score:.3f}]")
+
+    rank_model = jobdir.file("rank_model.star")
+    outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
+    outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model)
+    outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
+    outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
+    if opts.write_features:
+        outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
+                               jobdir.file("features_images.mrcs"), job, fs, scores)
+    n_written = write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
+    log.stage("write outputs")
+    jobdir.check_abort()
+
+    nodes = [(jobdir.file("particles.star"), protocol.NODE_PARTICLES),
+             (jobdir.file("class_averages.star"), protocol.NODE_CLASS_AVERAGES),
+             (rank_model.replace("rank_model.star", "rank_optimiser.star"), protocol.NODE_OPTIMISER)]
+    with open(jobdir.temp(protocol.NODES_FILE), "w") as fh:
+        fh.write(protocol.nodes_star(nodes))
+    jobdir.commit()
+
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    log("Scores (class: score, particles):")
+    log("  " + ", ".join(f"{k}: {s:.3f} ({parts.counts.get(k, 0)})" for k, s in ranked))
+    kept = ", ".join(map(str, sel.selected)) or "none"
+    log(f"Selected {len(sel.selected)} of {job.nr_classes} classes ({kept}); "
+        f"{n_written} of {parts.n_particles} particles "
+        f"({100.0 * n_written / parts.n_particles:.1f} %) written to {jobdir.file('particles.star')}")
+    if sel.by_fallback:
+        log(f"  {len(sel.by_fallback)} class(es) added to reach the minimum number of particles/classes: "
+            + ", ".join(map(str, sel.by_fallback)))
+    log(f"Total time: {time.perf_counter() - log.t0:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job; returns the process exit status (0 success, 1 failure/abort, 2 usage)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        opts = parse_options(argv)
+    except OptionError as exc:
+        if str(exc) == "help":
+            print(usage())
+            return 0
+        print(f"ERROR: {exc}", file=sys.stderr)
+        out = _out_dir_guess(argv)
+        if out:
+            JobDir(out).finish(protocol.EXIT_FAILURE)
+        print(usage(), file=sys.stderr)
+        return 2
+    jobdir = JobDir(opts.out_dir)
+    log = Log()
+    try:
+        jobdir.start()
+        jobdir.remove_outputs(OUTPUT_NAMES)
+        log(f"relion_external_rank: {' '.join(argv)}")
+        run(opts, jobdir, log)
+    except JobAborted:
+        jobdir.discard()
+        print("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.", flush=True)
+        jobdir.finish(protocol.EXIT_ABORTED)
+        return 1
+    except Exception as exc:  # every failure ends as one line + RELION_JOB_EXIT_FAILURE
+        jobdir.discard()
+        print(f"ERROR: {_one_line(exc)}", file=sys.stderr, flush=True)
+        if os.environ.get("RELION_EXTERNAL_RANK_DEBUG"):
+            import traceback
+            traceback.print_exc()
+        try:
+            jobdir.finish(protocol.EXIT_FAILURE)
+        except OSError as exc2:
+            print(f"ERROR: {jobdir.path}: cannot write {protocol.EXIT_FAILURE} ({exc2.strerror})", file=sys.stderr)
+        return 1
+    jobdir.finish(protocol.EXIT_SUCCESS)
+    return 0
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc).strip().splitlines()
+    known = ("StarError", "FeatureError", "ModelError", "OptionError")
+    prefix = "" if type(exc).__name__ in known else f"{type(exc).__name__}: "
+    return prefix + (text[0] if text else "unexpected error")
+
+
+def _out_dir_guess(argv: list[str]) -> str | None:
+    for flag in ("--o", "--pipeline_control"):
+        if flag in argv:
+            i = argv.index(flag)
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                return argv[i + 1]
+    return None

@@ -1,0 +1,189 @@
+"""The ranking network (RELION's architecture), loading weights safely, and scoring.
+
+:class:`RankerNet` has the layer layout and parameter names of RELION-5's class-ranker
+model v1.0, so a RELION state dict loads into it: a CNN on the 64x64 image (widths
+16/32/64/128, three stride-2 stages -> 128x8x8), a linear map to a 48-d image vector,
+joined to the 24 features, 48 hidden units and one output.
+
+Weights files are read with ``torch.load(weights_only=True)``: nothing in a weights file
+is ever executed. Two layouts are accepted (:func:`load_model`):
+
+* ours: ``{"format": "relion_external_rank", "version": 1, "state_dict": ..., "output":
+  "sigmoid"|"identity", "tta": bool, "card": json-str}``;
+* RELION-5's ``v1.0.ckpt``: ``{"model_state_dict": ..., "model_definition": <python
+  source>}``. Only the state dict is used; the stored source is ignored, never run.
+
+torch is imported lazily so that reading and writing STAR files stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT = "relion_external_rank"
+FEATURE_DIM = 24
+IMAGE_PX = 64
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "models", "relion_external_rank_v1.pt")
+# RELION's v1.0 checkpoint also holds two heads its scorer never uses (image-only and
+# feature-only); they are dropped when such a checkpoint is loaded.
+_RELION_UNUSED_HEADS = ("classifier_images.", "classifier_features.")
+
+
+class ModelError(ValueError):
+    """A weights file cannot be used: the message names the file and the problem."""
+
+
+def build_net(dropout: float = 0.0):
+    """A fresh :class:`RankerNet` (defined inside so torch is imported only when needed)."""
+    import torch.nn as nn
+
+    def conv(cin, cout, stride=1):
+        return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1)
+
+    class RankerNet(nn.Module):
+        """Input: images (B, 1, 64, 64) raw values and features (B, 24). Output: (B, 1)."""
+
+        def __init__(self):
+            super().__init__()
+            layers = []
+            for cin, width in ((1, 16), (32, 32), (64, 64)):
+                # two 3x3 convolutions at this width, then a stride-2 one doubling it;
+                # the Dropout/ReLU positions give RELION's Sequential indices.
+                layers += [conv(cin, width), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                           conv(width, width), nn.ReLU(inplace=True),
+                           conv(width, 2 * width, stride=2), nn.Dropout(dropout)]
+            self.cnn_layers = nn.Sequential(*layers)
+            self.feature_extractor = nn.Sequential(nn.Linear(128 * 8 * 8, 48))
+            self.classifier_images_and_features = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(48 + FEATURE_DIM, 48), nn.ReLU(inplace=True),
+                nn.Dropout(dropout), nn.Linear(48, 1))
+
+        def forward(self, images, features):
+            import torch
+            x = self.feature_extractor(torch.flatten(self.cnn_layers(images), 1))
+            return self.classifier_images_and_features(torch.cat([x, features], 1))
+
+    return RankerNet()
+
+
+@dataclass
+class Ranker:
+    """A loaded network ready to score. ``output`` is "sigmoid" (ours: logits -> [0, 1])
+    or "identity" (RELION's checkpoint: its raw output is the score)."""
+
+    net: object
+    path: str
+    output: str = "sigmoid"
+    tta: bool = False
+    card: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+    def score(self, vectors: np.ndarray, images: np.ndarray, batch: int = 512) -> np.ndarray:
+        """Scores (float32, shape (K,)) for normalised vectors (K, 24) and images (K, 64, 64).
+
+        With ``tta`` the score is the mean over the 8 rotations/flips of the image.
+        """
+        import torch
+
+        if len(vectors) == 0:
+            return np.zeros(0, np.float32)
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(vectors), batch):
+                feats = torch.from_numpy(np.ascontiguousarray(vectors[s:s + batch], np.float32)).to(self.device)
+                imgs = torch.from_numpy(np.ascontiguousarray(images[s:s + batch], np.float32))[:, None]
+                imgs = imgs.to(self.device)
+                views = dihedral_views(imgs) if self.tta else [imgs]
+                logits = torch.stack([self.net(v, feats)[:, 0] for v in views])
+                scores = torch.sigmoid(logits) if self.output == "sigmoid" else logits
+                out.append(scores.mean(0).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+
+def dihedral_views(imgs):
+    """The 8 rotations/flips of a (B, 1, H, W) image batch."""
+    import torch
+
+    views = []
+    for flipped in (imgs, torch.flip(imgs, dims=(-1,))):
+        views += [torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4)]
+    return views
+
+
+def pick_device(request: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; 'cuda[:N]' must be available."""
+    import torch
+
+    if request == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if request.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {request}: no CUDA GPU is available on this machine")
+    if request != "cpu" and not request.startswith("cuda"):
+        raise ModelError(f"--device {request}: use auto, cpu, cuda or cuda:N")
+    return request
+
+
+def _state_dict_from(obj, path: str):
+    if not isinstance(obj, dict):
+        raise ModelError(f"{path}: not a relion_external_rank weights file or RELION class-ranker checkpoint")
+    if obj.get("format") == FORMAT:
+        return obj["state_dict"], obj.get("output", "sigmoid"), bool(obj.get("tta", False)), \
+            json.loads(obj.get("card", "{}"))
+    if "model_state_dict" in obj:
+        state = {k: v for k, v in obj["model_state_dict"].items() if not k.startswith(_RELION_UNUSED_HEADS)}
+        return state, "identity", False, {"source": "RELION class-ranker checkpoint (state dict only)"}
+    raise ModelError(f"{path}: a torch file, but neither our weights format nor a RELION checkpoint "
+                     f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
+
+
+def load_model(path: str | None = None, device: str = "auto", threads: int | None = None) -> Ranker:
+    """Load weights from ``path`` (default: the shipped model) onto ``device``.
+
+    Raises ModelError if the file is missing, truncated, not ours, or holds anything
+    that would need code execution to load (pickled objects are refused, never run).
+    """
+    import pickle
+    import torch
+
+    path = path or DEFAULT_MODEL
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    if not os.path.isfile(path):
+        if path == DEFAULT_MODEL:
+            raise ModelError(f"{path}: the default model is not installed; give --model PATH "
+                             "(our weights file or RELION-5's v1.0.ckpt)")
+        raise ModelError(f"{path}: model file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise ModelError(f"{path}: refused: the file holds objects that are not plain weights "
+                         f"and would need code to run ({first[:120]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: not a readable torch weights file ({str(exc).splitlines()[0][:120]})") from None
+    state, output, tta, card = _state_dict_from(obj, path)
+    net = build_net()
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{path}: weights do not fit the ranker network "
+                         f"({str(exc).splitlines()[0][:160]})") from None
+    dev = pick_device(device)
+    net.to(dev).eval()
+    return Ranker(net=net, path=path, output=output, tta=tta, card=card, device=dev)
+
+
+def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = False) -> None:
+    """Save weights in our format (tensors and plain values only), atomically."""
+    import torch
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tmp = path + ".tmp"
+    torch.save({"format": FORMAT, "version": 1, "state_dict": state, "output": output,
+                "tta": bool(tta), "card": json.dumps(card, sort_keys=True)}, tmp)
+    os.replace(tmp, path)

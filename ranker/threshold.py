@@ -1,0 +1,1 @@
+"""Data-adaptive score threshold for ``--min_score auto``."""
