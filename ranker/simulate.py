@@ -600,11 +600,12 @@ def fragment_atoms(xyz, w, rng, keep=(0.25, 0.65)):
     return xyz[sel], w[sel]
 
 
-def build_project(spec, proj_dir, log=print, relion_timeout=None):
+def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     """Simulate particles, run relion_refine Class2D and write the truth files in proj_dir.
 
     ``spec`` is a dict like DEFAULT_SPEC (lengths in A, box in px). proj_dir must not exist
-    yet or be empty. Returns the info dict that is also written to corpus_job.json."""
+    yet or be empty. keep=True keeps particle stacks, maps and all iterations (debugging).
+    Returns the info dict that is also written to corpus_job.json."""
     t_start = time.time()
     s = dict(DEFAULT_SPEC)
     s.update(spec)
@@ -904,7 +905,8 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None):
         montage(proj_dir, it, class_rows, P("classes_montage.png"))
     except Exception as e:  # matplotlib missing: not essential
         log(f"  montage skipped: {e}")
-    cleanup(proj_dir, it)
+    if not keep:
+        cleanup(proj_dir, it)
     strip_progress(P("Class2D", "job002", "run.out"))
     summ = class_summary(class_rows)
     info = dict(
@@ -1121,11 +1123,14 @@ def choose_geometry(prot_diam, rng, box=None):
     return box, apix, round(mask, 1)
 
 
-def relion_cost(box, n, K, n_iter, psi_step, offset_range):
-    """Rough relative cost of relion_refine 2D (arbitrary units, calibrated by timing)."""
-    n_psi = 360.0 / psi_step
-    n_tr = (2 * offset_range / 2.0 + 1) ** 2
-    return n * K * n_iter * n_psi * n_tr * (box / 64.0) ** 2 * 1e-7
+def relion_seconds(box, n, K, n_iter, psi_step, offset_range, offset_step=2):
+    """Rough wall time (s) of relion_refine 2D with --j 1 on one core of the build machine.
+
+    Calibrated on 3.1.3 runs: ~5.8e-4 s per particle x class x iteration at box 64, psi_step 16,
+    offset_range 3 / step 2; grows only ~sqrt(box) because RELION works at the current
+    (low) resolution rather than the full box."""
+    n_tr = (2 * math.floor(offset_range / offset_step) + 1) ** 2
+    return 5.8e-4 * n * K * n_iter * (16.0 / psi_step) * (n_tr / 9.0) * (box / 64.0) ** 0.5
 
 
 def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
@@ -1133,7 +1138,7 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
 
     structures: {name: info with 'npz' absolute path and 'r99_A'} (may be empty: pseudo only).
     heldout_idx: job numbers that use 4JSV and are marked split 'heldout'.
-    budget: max relion_cost(); the particle number, K and iterations are reduced to fit."""
+    budget: max relion_seconds(); particle number, K and iterations are reduced to fit."""
     rng = np.random.default_rng([int(base_seed), int(idx)])
     pseed = int(rng.integers(1 << 30))
     trainable = [n for n in sorted(structures) if n not in HELDOUT_PROTEINS]
@@ -1185,25 +1190,37 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
         K=K, n_iter=n_iter, tau2_fudge=2.0, psi_step=psi, offset_range=offr, offset_step=2,
         pool=30, threads=1, seed=int(rng.integers(1 << 30)), split=split, job_index=int(idx))
     if budget:
-        for _ in range(50):
-            c = relion_cost(box, spec["n_good"] + sum(spec["junk"].values()), spec["K"], spec["n_iter"], psi, offr)
-            if c <= budget:
+        # shrink particles, classes and iterations together (floors 600, 4, 10) to fit the budget (s)
+        def n_of(sp):
+            return sp["n_good"] + sum(sp["junk"].values())
+        for _ in range(60):
+            est = relion_seconds(box, n_of(spec), spec["K"], spec["n_iter"], spec["psi_step"], offr)
+            if est <= budget:
                 break
-            # shrink the biggest contributor in turn: particles (>= 600), K (>= 4), iterations (>= 10)
-            n_now = spec["n_good"] + sum(spec["junk"].values())
-            if n_now > 700:
-                f = 0.85
-                spec["n_good"] = max(1, int(spec["n_good"] * f))
-                spec["junk"] = {k: max(1, int(v * f)) for k, v in spec["junk"].items()}
-            if spec["K"] > 6:
-                spec["K"] = max(4, int(spec["K"] * 0.9))
-            if spec["n_iter"] > 12:
-                spec["n_iter"] -= 1
             if spec["psi_step"] < 16:
-                spec["psi_step"] = psi = 16.0
-            if n_now <= 700 and spec["K"] <= 6 and spec["n_iter"] <= 12:
+                spec["psi_step"] = 16.0
+                continue
+            f = 0.93
+            if n_of(spec) * f >= 600:
+                spec["n_good"] = max(1, int(round(spec["n_good"] * f)))
+                spec["junk"] = {k: max(1, int(round(v * f))) for k, v in spec["junk"].items()}
+            elif spec["K"] > 4 and rng.uniform() < 0.6:
+                spec["K"] -= 1
+            elif spec["n_iter"] > 10:
+                spec["n_iter"] -= 1
+            elif spec["K"] > 4:
+                spec["K"] -= 1
+            elif spec["offset_range"] > 3:
+                spec["offset_range"] = offr = 3
+            else:
                 break
-        spec["n_mics"] = max(5, min(spec["n_mics"], (spec["n_good"] + sum(spec["junk"].values())) // 20))
+            if spec["K"] > 6 and rng.uniform() < 0.35:
+                spec["K"] -= 1
+            if spec["n_iter"] > 12 and rng.uniform() < 0.35:
+                spec["n_iter"] -= 1
+        spec["n_mics"] = max(5, min(spec["n_mics"], n_of(spec) // 20))
+        spec["est_refine_seconds"] = round(relion_seconds(box, n_of(spec), spec["K"], spec["n_iter"],
+                                                          spec["psi_step"], spec["offset_range"]), 1)
     return spec
 
 
@@ -1347,6 +1364,7 @@ def main(argv=None):
     pj.add_argument("--threads", type=int, default=1, help="relion --j")
     pj.add_argument("--seed", type=int, default=1)
     pj.add_argument("--split", default="train", choices=["train", "val", "heldout"])
+    pj.add_argument("--keep", action="store_true", help="keep stacks, maps and all iterations")
 
     pp = sub.add_parser("spec", help="one project from a JSON spec")
     pp.add_argument("outdir")
@@ -1358,7 +1376,8 @@ def main(argv=None):
     pm.add_argument("--structures", default="", help="directory made by 'structures'")
     pm.add_argument("--seed", type=int, default=1)
     pm.add_argument("--heldout", default="8,28,48", help="job numbers that use 4JSV (split heldout)")
-    pm.add_argument("--budget", type=float, default=None, help="max relion_cost() per job")
+    pm.add_argument("--budget", type=float, default=None,
+                    help="max estimated relion_refine seconds per job (relion_seconds()); sizes shrink to fit")
     pm.add_argument("--relion_timeout", type=float, default=900, help="s; a slower relion_refine fails the job")
     pm.add_argument("--retry_failed", action="store_true")
     pm.add_argument("--stop_after_hours", type=float, default=None)
@@ -1381,7 +1400,7 @@ def main(argv=None):
                     defocus_um=list(a.defocus), kv=a.kv, cs=a.cs, q0=a.q0, n_views=a.n_views, K=a.K,
                     n_iter=a.iter, psi_step=a.psi_step, offset_range=a.offset_range, offset_step=a.offset_step,
                     threads=a.threads, seed=a.seed, split=a.split)
-        info = build_project(spec, a.outdir)
+        info = build_project(spec, a.outdir, keep=a.keep)
         print(json.dumps(info["class_summary"]), f"{info['seconds_total']:.0f} s")
     elif a.cmd == "spec":
         spec = json.load(open(a.spec_json))

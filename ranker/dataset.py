@@ -1,0 +1,166 @@
+"""Labelled class averages for training and evaluation.
+
+Three sources, each giving a :class:`LabelledClasses` (features computed exactly as the job
+computes them, so training sees what inference sees):
+
+* :func:`from_truth_job` -- a RELION project made by :mod:`ranker.simulate` (or the shared
+  fixtures) with ``class_truth.csv``: the target is the class purity (fraction of true
+  particles), see :func:`purity_target`.
+* :func:`from_selection` -- a user's own Class2D job plus the ``backup_selection.star`` of
+  their manual Select job: selected = 1, unselected = 0.
+* :func:`from_relion_training_star` -- RELION's own training layout: a STAR with
+  ``rlnClassScore``, ``rlnSubImageStack`` and ``rlnNormalizedFeatureVector`` (EMPIAR-10812).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .star import StarError, read_star
+
+
+@dataclass
+class LabelledClasses:
+    """N labelled classes. ``targets`` in [0, 1]; ``n_particles`` and ``n_true`` (true
+    particles, NaN when unknown) come from data.star and the truth table."""
+
+    vectors: np.ndarray
+    images: np.ndarray
+    targets: np.ndarray
+    job: list[str]
+    class_number: list[int]
+    n_particles: np.ndarray
+    n_true: np.ndarray
+    split: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @staticmethod
+    def concat(parts: list["LabelledClasses"]) -> "LabelledClasses":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise ValueError("no labelled classes")
+        return LabelledClasses(
+            vectors=np.concatenate([p.vectors for p in parts]), images=np.concatenate([p.images for p in parts]),
+            targets=np.concatenate([p.targets for p in parts]), job=sum((p.job for p in parts), []),
+            class_number=sum((p.class_number for p in parts), []),
+            n_particles=np.concatenate([p.n_particles for p in parts]),
+            n_true=np.concatenate([p.n_true for p in parts]), split=sum((p.split for p in parts), []))
+
+    def subset(self, mask) -> "LabelledClasses":
+        idx = np.nonzero(np.asarray(mask))[0]
+        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
+        return LabelledClasses(self.vectors[idx], self.images[idx], self.targets[idx], pick(self.job),
+                               pick(self.class_number), self.n_particles[idx], self.n_true[idx],
+                               pick(self.split) if self.split else [])
+
+
+def purity_target(frac_true: np.ndarray) -> np.ndarray:
+    """Training target from truth: the fraction of true particles in the class.
+
+    No resolution term: the job keeps a class when its score is >= 0.5, which then means
+    "at least half of its particles are real", the same rule as the best possible
+    class-level selection (the oracle used in evaluation).
+    """
+    return np.clip(np.nan_to_num(np.asarray(frac_true, float), nan=0.0), 0.0, 1.0).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _in_dir(path: str):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def featurise(optimiser_rel: str, project_dir: str = "."):
+    """(job, particle summary, FeatureSet) of a Class2D iteration; paths relative to project_dir."""
+    from .class2d import read_class2d
+    from .features import compute_features
+    from .particles import scan_particles
+
+    with _in_dir(project_dir):
+        job = read_class2d(optimiser_rel)
+        parts = scan_particles(job.data_path)
+        fs = compute_features(job, job.load_images(), parts.n_particles, parts.optics, parts.last_row)
+    return job, parts, fs
+
+
+def find_optimiser(project_dir: str) -> str:
+    """The last iteration's optimiser STAR of the (single) Class2D job in a project."""
+    found = sorted(glob.glob(os.path.join(project_dir, "Class2D", "job*", "run_it*_optimiser.star")))
+    if not found:
+        raise StarError(f"{project_dir}: no Class2D/job*/run_it*_optimiser.star")
+    return os.path.relpath(found[-1], project_dir)
+
+
+def _build(job, parts, fs, targets_by_class, true_by_class, name, split) -> LabelledClasses:
+    keep = [j for j, i in enumerate(fs.rows) if job.classes[i].class_number in targets_by_class]
+    numbers = [job.classes[fs.rows[j]].class_number for j in keep]
+    return LabelledClasses(
+        vectors=fs.vectors[keep], images=fs.images[keep],
+        targets=np.array([targets_by_class[k] for k in numbers], np.float32), job=[name] * len(keep),
+        class_number=numbers, n_particles=np.array([parts.counts.get(k, 0) for k in numbers], float),
+        n_true=np.array([true_by_class.get(k, np.nan) for k in numbers], float), split=[split] * len(keep))
+
+
+def from_truth_job(project_dir: str) -> LabelledClasses:
+    """A labelled RELION project: Class2D job + class_truth.csv (+ corpus_job.json split)."""
+    truth_path = os.path.join(project_dir, "class_truth.csv")
+    if not os.path.exists(truth_path):
+        raise StarError(f"{project_dir}: no class_truth.csv")
+    rows = list(csv.DictReader(open(truth_path)))
+    frac = {int(r["class_number"]): float(r["frac_good"]) if r["frac_good"] not in ("", "nan") else np.nan
+            for r in rows}
+    n_good = {int(r["class_number"]): float(r["n_good"]) for r in rows}
+    meta_path = os.path.join(project_dir, "corpus_job.json")
+    split = json.load(open(meta_path)).get("split", "") if os.path.exists(meta_path) else ""
+    job, parts, fs = featurise(find_optimiser(project_dir), project_dir)
+    targets = {k: float(purity_target([v])[0]) for k, v in frac.items()}
+    return _build(job, parts, fs, targets, n_good, os.path.abspath(project_dir), split)
+
+
+def from_selection(optimiser_path: str, selection_path: str, project_dir: str = ".") -> LabelledClasses:
+    """A user's Class2D job and manual selection (rlnSelected 1 = good), for fine-tuning."""
+    with _in_dir(project_dir):
+        tab = next(iter(read_star(selection_path).values()))
+        selected = [int(float(v)) for v in tab.column("rlnSelected")]
+    job, parts, fs = featurise(optimiser_path, project_dir)
+    if len(selected) != job.nr_classes:
+        raise StarError(f"{selection_path}: {len(selected)} rows but {optimiser_path} has {job.nr_classes} classes")
+    targets = {c.class_number: float(s == 1) for c, s in zip(job.classes, selected)}
+    name = os.path.abspath(os.path.join(project_dir, optimiser_path))
+    return _build(job, parts, fs, targets, {}, name, "train")
+
+
+def from_relion_training_star(star_path: str, project_dir: str = ".") -> LabelledClasses:
+    """RELION's training layout: rlnClassScore, rlnSubImageStack (64x64), rlnNormalizedFeatureVector."""
+    import mrcfile
+
+    with _in_dir(project_dir):
+        tab = next(iter(read_star(star_path).values()))
+        scores = np.array(tab.float_column("rlnClassScore"), np.float32)
+        vectors = np.array([[float(x) for x in v.strip("[]").split(",")]
+                            for v in tab.column("rlnNormalizedFeatureVector")], np.float32)
+        images = []
+        for ref in tab.column("rlnSubImageStack"):
+            index, _, path = ref.rpartition("@")
+            data = mrcfile.read(path)
+            data = data[None] if data.ndim == 2 else data
+            images.append(np.asarray(data[int(index) - 1 if index else 0], np.float32))
+    if vectors.shape[1:] != (24,):
+        raise StarError(f"{star_path}: rlnNormalizedFeatureVector must have 24 values")
+    n = len(scores)
+    name = os.path.abspath(os.path.join(project_dir, star_path))
+    return LabelledClasses(vectors, np.stack(images), np.clip(scores, 0, 1), [name] * n,
+                           list(range(1, n + 1)), np.full(n, np.nan), np.full(n, np.nan), ["train"] * n)

@@ -1,0 +1,124 @@
+"""Measure a model on labelled RELION jobs (never used in training).
+
+Usage::
+
+    python -m ranker.evaluate JOB_DIR [JOB_DIR ...] [--model PATH] [--out report.md]
+
+Each JOB_DIR is a RELION project with a Class2D job and ``class_truth.csv`` (as the shared
+fixtures and :mod:`ranker.simulate` make them). Prints, per job and pooled:
+
+* ROC-AUC separating good classes (>= 80 % true particles) from bad ones (<= 20 %);
+* at ``--min_score 0.5`` and ``auto``: true particles kept and junk particles removed,
+  as fractions of what the oracle achieves (the oracle keeps exactly the classes with
+  >= 50 % true particles), and the junk inside majority-true classes that no class
+  selection can remove;
+* a reliability table: predicted score bins against the observed purity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from .dataset import from_truth_job
+from .metrics import roc_auc, selection_vs_oracle
+from .threshold import auto_threshold
+
+
+def _job_rows(project: str):
+    """All non-empty classes of a job: (n_particles, n_true) from class_truth.csv."""
+    import csv
+    import os
+    rows = list(csv.DictReader(open(os.path.join(project, "class_truth.csv"))))
+    return {int(r["class_number"]): (float(r["n_particles"]), float(r["n_good"])) for r in rows
+            if float(r["n_particles"]) > 0}
+
+
+def evaluate(projects, model_path=None, log=print) -> dict:
+    from .model import load_model
+
+    ranker = load_model(model_path, device="cpu")
+    per_job, pooled_scores, pooled_purity, pooled_n = [], [], [], []
+    sums = {"0.5": {}, "auto": {}}
+    for project in projects:
+        data = from_truth_job(project)
+        scores = ranker.score(data.vectors, data.images)
+        by_class = dict(zip(data.class_number, scores))
+        classes = _job_rows(project)
+        numbers = sorted(classes)
+        n = np.array([classes[k][0] for k in numbers])
+        t = np.array([classes[k][1] for k in numbers])
+        purity = t / n
+        s = np.array([by_class.get(k, -999.0) for k in numbers])
+        scored = s > -999
+        clear = scored & ((purity >= 0.8) | (purity <= 0.2))
+        auc = roc_auc(s[clear], purity[clear] >= 0.8)
+        row = {"job": project, "auc": auc, "n_good": int((clear & (purity >= 0.8)).sum()),
+               "n_bad": int((clear & (purity <= 0.2)).sum()), "n_classes": len(numbers)}
+        for name, thr in (("0.5", 0.5), ("auto", auto_threshold(s[scored]))):
+            m = selection_vs_oracle(scored & (s >= thr), n, t)
+            row[name] = dict(m, threshold=thr)
+            for k, v in m.items():
+                sums[name][k] = sums[name].get(k, 0.0) + v
+        per_job.append(row)
+        pooled_scores += list(s[scored])
+        pooled_purity += list(purity[scored])
+        pooled_n += list(n[scored])
+    ps, pp, pn = map(np.array, (pooled_scores, pooled_purity, pooled_n))
+    clear = (pp >= 0.8) | (pp <= 0.2)
+    result = {"jobs": per_job, "pooled_auc": roc_auc(ps[clear], pp[clear] >= 0.8), "model": ranker.path}
+    for name in sums:
+        tot = sums[name]
+        result[name] = {"true_kept_vs_oracle": tot["true_kept"] / max(tot["oracle_true_kept"], 1),
+                        "junk_removed_vs_oracle": tot["junk_removed"] / max(tot["oracle_junk_removed"], 1),
+                        "junk_unremovable_fraction": tot["junk_unremovable"] / max(tot["junk_total"], 1)}
+    bins = np.linspace(0, 1, 6)
+    table = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        inside = (ps >= lo) & ((ps < hi) | (hi == 1))
+        if inside.any():
+            table.append((lo, hi, int(inside.sum()), float(pp[inside].mean()),
+                          float((pp[inside] * pn[inside]).sum() / pn[inside].sum())))
+    result["reliability"] = table
+    return result
+
+
+def to_markdown(r: dict) -> str:
+    out = [f"Model: `{r['model']}`", "",
+           "| job | classes | good / bad | AUC | thr 0.5: true kept / junk removed (vs oracle) | auto thr | auto: true kept / junk removed |",
+           "|---|---|---|---|---|---|---|"]
+    for j in r["jobs"]:
+        a, b = j["0.5"], j["auto"]
+        out.append(f"| {j['job'].rstrip('/').split('/')[-1]} | {j['n_classes']} | {j['n_good']} / {j['n_bad']} | "
+                   f"{j['auc']:.3f} | {a['true_kept_vs_oracle']:.3f} / {a['junk_removed_vs_oracle']:.3f} | "
+                   f"{b['threshold']:.2f} | {b['true_kept_vs_oracle']:.3f} / {b['junk_removed_vs_oracle']:.3f} |")
+    out += ["", f"Pooled AUC (good >= 80 % vs bad <= 20 % true particles): **{r['pooled_auc']:.3f}**", ""]
+    for name in ("0.5", "auto"):
+        m = r[name]
+        out.append(f"- threshold {name}: true particles kept {100 * m['true_kept_vs_oracle']:.1f} % of the oracle's, "
+                   f"junk removed {100 * m['junk_removed_vs_oracle']:.1f} % of the oracle's; junk no class "
+                   f"selection can remove (inside majority-true classes): {100 * m['junk_unremovable_fraction']:.1f} % of all junk")
+    out += ["", "Reliability (scored classes pooled):", "", "| score bin | classes | mean purity | particle-weighted purity |",
+            "|---|---|---|---|"]
+    out += [f"| {lo:.1f}-{hi:.1f} | {n} | {p:.2f} | {w:.2f} |" for lo, hi, n, p, w in r["reliability"]]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ranker.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("jobs", nargs="+")
+    p.add_argument("--model", default=None, help="weights (default: the shipped model)")
+    p.add_argument("--out", help="also write the Markdown report here")
+    args = p.parse_args(argv)
+    report = to_markdown(evaluate(args.jobs, args.model))
+    print(report)
+    if args.out:
+        open(args.out, "w").write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

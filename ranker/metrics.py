@@ -1,0 +1,47 @@
+"""Quality metrics for ranking classes (no scikit-learn needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_auc(scores, positive) -> float:
+    """Area under the ROC curve (ties count half); NaN if one class is missing."""
+    scores = np.asarray(scores, float)
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def selection_vs_oracle(keep, n_particles, n_true) -> dict:
+    """Particles kept/removed by a class selection, against the oracle that keeps exactly the
+    classes with >= 50 % true particles.
+
+    Returns true particles kept (ours / oracle's), junk removed (ours / oracle's), and the
+    junk the oracle must keep (inside majority-true classes: not removable by class selection).
+    """
+    keep = np.asarray(keep, bool)
+    n = np.asarray(n_particles, float)
+    t = np.nan_to_num(np.asarray(n_true, float))
+    junk = n - t
+    oracle = t >= 0.5 * n
+    oracle &= n > 0
+    out = {"true_kept": float(t[keep].sum()), "oracle_true_kept": float(t[oracle].sum()),
+           "junk_removed": float(junk[~keep].sum()), "oracle_junk_removed": float(junk[~oracle].sum()),
+           "junk_unremovable": float(junk[oracle].sum()), "true_total": float(t.sum()), "junk_total": float(junk.sum())}
+    out["true_kept_vs_oracle"] = out["true_kept"] / out["oracle_true_kept"] if out["oracle_true_kept"] else 1.0
+    out["junk_removed_vs_oracle"] = (out["junk_removed"] / out["oracle_junk_removed"]
+                                     if out["oracle_junk_removed"] else 1.0)
+    return out

@@ -1,0 +1,204 @@
+"""Train or fine-tune the ranking network.
+
+Usage::
+
+    python -m ranker.train --jobs corpus/job* --out models/my_model.pt [--epochs 60] [--seed 0]
+    python -m ranker.train --init models/relion_external_rank_v1.pt --out my_facility.pt \\
+        --selection Class2D/job008/run_it025_optimiser.star:Select/job010/backup_selection.star ...
+    python -m ranker.train --selection_list past_jobs.txt --project /data/proj --init ... --out ...
+    python -m ranker.train --relion_star training/features_normalized.star --out ...
+
+``--jobs``: labelled projects (``class_truth.csv``; split from ``corpus_job.json``:
+"train", "val" or "heldout" (never used); unmarked jobs are split at random, by job,
+with ``--val_fraction``). ``--selection``:
+``OPTIMISER:BACKUP_SELECTION`` pairs from a user's own manual Select jobs (paths relative
+to ``--project``); ``--selection_list`` a file of such pairs, one per line. ``--init``
+starts from existing weights (fine-tuning). Writes the weights and a model card
+(``.json`` and ``.md`` beside them) with data, seed, hyperparameters and metrics.
+
+Reproducible: a fixed ``--seed`` gives the same weights on CPU (deterministic algorithms,
+fixed thread count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from .dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
+from .metrics import roc_auc
+
+
+def load_sources(args) -> LabelledClasses:
+    parts = []
+    for d in args.jobs or []:
+        try:
+            parts.append(from_truth_job(d))
+        except Exception as exc:  # a broken corpus job is reported and skipped
+            print(f"skipping {d}: {exc}", file=sys.stderr)
+    pairs = list(args.selection or [])
+    if args.selection_list:
+        pairs += [ln.strip() for ln in open(args.selection_list) if ln.strip() and not ln.startswith("#")]
+    for pair in pairs:
+        opt, _, sel = pair.partition(":")
+        parts.append(from_selection(opt, sel, args.project))
+    for star in args.relion_star or []:
+        parts.append(from_relion_training_star(star, args.project))
+    return LabelledClasses.concat(parts)
+
+
+def split_data(data: LabelledClasses, val_fraction: float, seed: int):
+    """Training/validation masks, by job (never by class). Jobs marked "heldout" are used for neither."""
+    jobs = sorted(set(data.job))
+    marked = {j: s for j, s in zip(data.job, data.split)}
+    rng = np.random.default_rng(seed)
+    unmarked = [j for j in jobs if marked.get(j) not in ("train", "val", "heldout")]
+    rng.shuffle(unmarked)
+    n_val = int(round(val_fraction * len(unmarked)))
+    val_jobs = {j for j in jobs if marked.get(j) == "val"} | set(unmarked[:n_val])
+    train_jobs = {j for j in jobs if marked.get(j) == "train"} | set(unmarked[n_val:])
+    return np.array([j in train_jobs for j in data.job]), np.array([j in val_jobs for j in data.job])
+
+
+def _augment(torch, images, gen):
+    """A random rotation by k*90 degrees and optional flip per image (meaning is invariant)."""
+    k = torch.randint(0, 4, (len(images),), generator=gen)
+    flip = torch.randint(0, 2, (len(images),), generator=gen).bool()
+    out = images.clone()
+    out[flip] = torch.flip(out[flip], dims=(-1,))
+    for r in range(1, 4):
+        sel = k == r
+        out[sel] = torch.rot90(out[sel], r, dims=(-2, -1))
+    return out
+
+
+def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weight_decay=1e-4, batch=64,
+          dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print):
+    """Train; returns (net, history). Validation AUC picks the epoch to keep."""
+    import torch
+    from .model import build_net, load_model
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    net = build_net(dropout)
+    if init:
+        net.load_state_dict(load_model(init, device="cpu").net.state_dict())
+    net.to(device)
+    x_img = torch.from_numpy(data.images[:, None].astype(np.float32))
+    x_vec = torch.from_numpy(data.vectors.astype(np.float32))
+    y = torch.from_numpy(data.targets.astype(np.float32))
+    tr = np.nonzero(train_mask)[0]
+    va = np.nonzero(val_mask)[0]
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    best, best_state, history = -1.0, None, []
+    for epoch in range(epochs):
+        net.train()
+        order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
+        total = 0.0
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            imgs = _augment(torch, x_img[idx], gen).to(device)
+            logits = net(imgs, x_vec[idx].to(device))[:, 0]
+            loss = loss_fn(logits, y[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        entry = {"epoch": epoch + 1, "train_loss": total / max(1, len(tr))}
+        if len(va):
+            net.eval()
+            with torch.no_grad():
+                p = torch.sigmoid(net(x_img[va].to(device), x_vec[va].to(device))[:, 0]).cpu().numpy()
+            yv = data.targets[va]
+            entry["val_auc"] = roc_auc(p[(yv >= 0.8) | (yv <= 0.2)], yv[(yv >= 0.8) | (yv <= 0.2)] >= 0.8)
+            entry["val_mse"] = float(np.mean((p - yv) ** 2))
+            score = -entry["val_mse"] if np.isnan(entry["val_auc"]) else entry["val_auc"] - entry["val_mse"]
+            if score > best:
+                best, best_state = score, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        history.append(entry)
+        if (epoch + 1) % 10 == 0 or epoch == 0:
+            log("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return net.cpu().eval(), history
+
+
+def write_card(path: str, card: dict) -> None:
+    """Model card as JSON and Markdown beside the weights."""
+    base = os.path.splitext(path)[0]
+    with open(base + ".json", "w") as fh:
+        json.dump(card, fh, indent=1, sort_keys=True, default=float)
+    lines = [f"# Model card: {os.path.basename(path)}", "", f"Trained {card['date']} with `{card['command']}`.", ""]
+    lines += ["| item | value |", "|---|---|"]
+    for key in ("seed", "epochs", "lr", "weight_decay", "batch", "dropout", "n_train_classes", "n_val_classes",
+                "n_train_jobs", "n_val_jobs", "best_epoch", "val_auc", "train_seconds"):
+        if key in card:
+            lines.append(f"| {key} | {card[key]} |")
+    lines += ["", "Target: fraction of true particles in the class (ranker.dataset.purity_target).", ""]
+    with open(base + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ranker.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", nargs="*", help="labelled projects (with class_truth.csv)")
+    p.add_argument("--selection", nargs="*", help="OPTIMISER:BACKUP_SELECTION pairs (user's manual selections)")
+    p.add_argument("--selection_list", help="file with one OPTIMISER:BACKUP_SELECTION pair per line")
+    p.add_argument("--relion_star", nargs="*", help="STAR files in RELION's training layout")
+    p.add_argument("--project", default=".", help="project directory for --selection/--relion_star paths")
+    p.add_argument("--out", required=True, help="weights file to write")
+    p.add_argument("--init", help="start from these weights (fine-tuning)")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight_decay", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val_fraction", type=float, default=0.2, help="for jobs with no split mark")
+    p.add_argument("--tta", action="store_true", help="score with the mean over 8 rotations/flips")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    data = load_sources(args)
+    train_mask, val_mask = split_data(data, args.val_fraction, args.seed)
+    if not train_mask.any():
+        print("no training classes", file=sys.stderr)
+        return 1
+    print(f"{int(train_mask.sum())} training classes from {len(set(np.array(data.job)[train_mask]))} jobs, "
+          f"{int(val_mask.sum())} validation classes from {len(set(np.array(data.job)[val_mask]))} jobs")
+    net, history = train(data, train_mask, val_mask, args.epochs, args.lr, args.weight_decay, args.batch,
+                         args.dropout, args.seed, args.init, args.threads, args.device)
+    from .model import save_model
+    best = max((h for h in history if "val_auc" in h), key=lambda h: h["val_auc"] - h["val_mse"]
+               if not np.isnan(h["val_auc"]) else -h["val_mse"], default=history[-1])
+    card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
+            "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
+            "batch": args.batch, "dropout": args.dropout, "init": args.init,
+            "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
+            "n_train_jobs": len(set(np.array(data.job)[train_mask])),
+            "n_val_jobs": len(set(np.array(data.job)[val_mask])),
+            "train_jobs": sorted({os.path.basename(j) for j in np.array(data.job)[train_mask]}),
+            "val_jobs": sorted({os.path.basename(j) for j in np.array(data.job)[val_mask]}),
+            "best_epoch": best["epoch"], "val_auc": best.get("val_auc"), "history": history,
+            "train_seconds": round(time.time() - t0, 1)}
+    save_model(net, args.out, card, tta=args.tta)
+    write_card(args.out, card)
+    print(f"wrote {args.out} (best epoch {best['epoch']}, validation AUC {best.get('val_auc')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

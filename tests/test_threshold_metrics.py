@@ -1,0 +1,32 @@
+"""--min_score auto and the quality metrics."""
+import numpy as np
+import pytest
+
+from ranker.metrics import roc_auc, selection_vs_oracle
+from ranker.threshold import DEFAULT, auto_threshold
+
+
+def test_auto_threshold_finds_the_gap():
+    assert auto_threshold([0.05, 0.1, 0.12, 0.55, 0.6, 0.7]) == pytest.approx((0.12 + 0.55) / 2)
+
+
+def test_auto_threshold_is_clamped_and_falls_back():
+    assert auto_threshold([0.01, 0.02, 0.95, 0.97]) == pytest.approx(0.485)  # halfway, inside the clamp
+    assert auto_threshold([0.01, 0.02, 0.03, 0.9]) == pytest.approx(0.465)
+    assert auto_threshold([0.85, 0.88, 0.9, 0.99]) == DEFAULT  # no gap: all good
+    assert auto_threshold([0.1, 0.2]) == DEFAULT  # too few classes
+    assert auto_threshold([0.0, 0.01, 0.02, 0.99, 1.0]) <= 0.7
+
+
+def test_roc_auc():
+    assert roc_auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert roc_auc([0.9, 0.2, 0.8, 0.1], [0, 0, 1, 1]) == 0.25
+    assert roc_auc([0.5, 0.5], [0, 1]) == 0.5
+    assert np.isnan(roc_auc([0.1], [1]))
+
+
+def test_selection_vs_oracle():
+    m = selection_vs_oracle(keep=[True, False, False], n_particles=[100, 50, 200], n_true=[90, 30, 10])
+    assert m["oracle_true_kept"] == 120 and m["true_kept"] == 90
+    assert m["junk_removed"] == 20 + 190 and m["oracle_junk_removed"] == 190
+    assert m["junk_unremovable"] == 10 + 20

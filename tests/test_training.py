@@ -1,0 +1,86 @@
+"""Training mechanics: labelled sources, job-wise split, reproducibility, fine-tuning."""
+import os
+import shutil
+
+import mrcfile
+import numpy as np
+import pytest
+
+from conftest import R5, SIM, SIM_OPT, copy_project
+from ranker import train as trainmod
+from ranker.dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
+from ranker.model import load_model
+
+
+@pytest.fixture(scope="module")
+def fixture_data():
+    return LabelledClasses.concat([from_truth_job(SIM), from_truth_job(R5)])
+
+
+def test_truth_job_targets_are_purity(fixture_data):
+    d = fixture_data
+    assert len(d) == 9 + 18 and d.vectors.shape == (27, 24) and d.images.shape == (27, 64, 64)
+    i = d.class_number.index(7)  # class2d_sim's catch-all junk class: 5.5 % good
+    assert d.targets[i] == pytest.approx(0.0551, abs=1e-3)
+    assert set(d.split) == {""}  # no corpus_job.json: split by --val_fraction
+
+
+def test_split_is_by_job(fixture_data):
+    tr, va = trainmod.split_data(fixture_data, 0.5, seed=0)
+    jobs_tr = {j for j, m in zip(fixture_data.job, tr) if m}
+    jobs_va = {j for j, m in zip(fixture_data.job, va) if m}
+    assert jobs_tr.isdisjoint(jobs_va) and jobs_tr | jobs_va == set(fixture_data.job)
+
+
+def test_training_is_reproducible_with_a_seed(fixture_data):
+    tr = np.array([j.endswith("class2d_sim") for j in fixture_data.job])
+    a, _ = trainmod.train(fixture_data, tr, ~tr, epochs=2, seed=5, threads=1, log=lambda *_: None)
+    b, _ = trainmod.train(fixture_data, tr, ~tr, epochs=2, seed=5, threads=1, log=lambda *_: None)
+    c, _ = trainmod.train(fixture_data, tr, ~tr, epochs=2, seed=6, threads=1, log=lambda *_: None)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(np.allclose(sa[k].numpy(), sb[k].numpy(), atol=1e-6) for k in sa)
+    assert not all(np.allclose(sa[k].numpy(), sc[k].numpy()) for k in sa)
+
+
+def test_train_command_writes_weights_and_card(tmp_path):
+    out = str(tmp_path / "m.pt")
+    assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "3", "--val_fraction", "0.5",
+                          "--threads", "1"]) == 0
+    r = load_model(out, device="cpu")
+    assert r.card["epochs"] == 3 and r.card["n_train_jobs"] == 1 and r.card["n_val_jobs"] == 1
+    assert os.path.exists(tmp_path / "m.json") and "Model card" in open(tmp_path / "m.md").read()
+
+
+def test_fine_tune_from_user_selection(tmp_path, monkeypatch):
+    copy_project(SIM, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("Select/job004")
+    sel = ["1" if k in (3, 4, 5, 11, 13, 14, 15, 18) else "0" for k in range(1, 21)]
+    open("Select/job004/backup_selection.star", "w").write("\ndata_\n\nloop_\n_rlnSelected #1\n" + "\n".join(sel) + "\n")
+    d = from_selection(SIM_OPT, "Select/job004/backup_selection.star")
+    assert len(d) == 9 and d.targets[d.class_number.index(7)] == 0 and d.targets[d.class_number.index(3)] == 1
+    base = str(tmp_path / "base.pt")
+    trainmod.main(["--jobs", SIM, "--out", base, "--epochs", "1", "--threads", "1", "--val_fraction", "0"])
+    open("past.txt", "w").write(f"# facility history\n{SIM_OPT}:Select/job004/backup_selection.star\n")
+    out = str(tmp_path / "tuned.pt")
+    assert trainmod.main(["--init", base, "--selection_list", "past.txt", "--out", out, "--epochs", "2",
+                          "--threads", "1"]) == 0
+    assert load_model(out, device="cpu").card["init"] == base
+
+
+def test_relion_training_layout(tmp_path):
+    """A small STAR in RELION's own training layout (as for EMPIAR-10812)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        mrcfile.write(str(tmp_path / f"subimages_class{i + 1:08d}.mrcs"), rng.normal(size=(1, 64, 64)).astype(np.float32))
+        vec = "[" + ",".join(f"{v:.6g}" for v in rng.normal(size=24)) + "]"
+        rows.append(f"{i + 1:06d}@Class2D/job1/run_it025_classes.mrcs {i / 5:.6f} subimages_class{i + 1:08d}.mrcs {vec}")
+    text = ("\ndata_normalized_class_features\n\nloop_\n_rlnReferenceImage #1\n_rlnClassScore #2\n"
+            "_rlnSubImageStack #3\n_rlnNormalizedFeatureVector #4\n" + "\n".join(rows) + "\n")
+    (tmp_path / "features_normalized.star").write_text(text)
+    d = from_relion_training_star("features_normalized.star", str(tmp_path))
+    assert len(d) == 6 and d.images.shape == (6, 64, 64) and d.targets[-1] == pytest.approx(1.0)
+    out = str(tmp_path / "m.pt")
+    assert trainmod.main(["--relion_star", "features_normalized.star", "--project", str(tmp_path), "--out", out,
+                          "--epochs", "1", "--threads", "1", "--val_fraction", "0"]) == 0
