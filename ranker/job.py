@@ -17,7 +17,8 @@ from .options import OptionError, Options, parse_options, usage
 from .protocol import JobAborted, JobDir
 
 OUTPUT_NAMES = ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
-                "rank_optimiser.star", "features.star", "features_images.mrcs", protocol.NODES_FILE)
+                "rank_optimiser.star", "features.star", "features_images.mrcs", "logfile.pdf", "logfile.png",
+                protocol.NODES_FILE)
 
 
 class Log:
@@ -88,14 +89,18 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     jobdir.check_abort()
 
     min_score = opts.min_score
+    threshold_text = f"{min_score:g}" if min_score != "auto" else ""
     if min_score == "auto":
         from .threshold import auto_threshold
         min_score = auto_threshold(raw_scores)
+        threshold_text = f"auto -> {min_score:.3f}"
         log(f"  --min_score auto: threshold {min_score:.3f} for this job")
     sel = select_classes(scores, parts.counts, min_score, opts.max_score, opts.select_min_nr_particles,
                          opts.select_min_nr_classes, opts.relative_thresholds)
     if opts.relative_thresholds:
+        threshold_text += f" x best score = {sel.min_score:.3f} (relative)"
         log(f"  relative thresholds: keep scores in [{sel.min_score:.3f}, {sel.max_score:.3f}]")
+    log.stage("selection")
 
     rank_model = jobdir.file("rank_model.star")
     outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
@@ -106,12 +111,17 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
         outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
                                jobdir.file("features_images.mrcs"), job, fs, scores)
     n_written = write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
-    log.stage("write outputs")
+    log.stage("write STAR outputs")
+    jobdir.check_abort()
+
+    _write_report(jobdir, job, images, fs, scores, parts, sel, n_written, threshold_text, ranker.path)
+    log.stage("report (logfile.pdf, logfile.png)")
     jobdir.check_abort()
 
     nodes = [(jobdir.file("particles.star"), protocol.NODE_PARTICLES),
              (jobdir.file("class_averages.star"), protocol.NODE_CLASS_AVERAGES),
-             (rank_model.replace("rank_model.star", "rank_optimiser.star"), protocol.NODE_OPTIMISER)]
+             (jobdir.file("rank_optimiser.star"), protocol.NODE_OPTIMISER),
+             (jobdir.file("logfile.pdf"), protocol.NODE_PDF_LOG)]
     with open(jobdir.temp(protocol.NODES_FILE), "w") as fh:
         fh.write(protocol.nodes_star(nodes))
     jobdir.commit()
@@ -127,6 +137,29 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
         log(f"  {len(sel.by_fallback)} class(es) added to reach the minimum number of particles/classes: "
             + ", ".join(map(str, sel.by_fallback)))
     log(f"Total time: {time.perf_counter() - log.t0:.2f} s")
+
+
+def _write_report(jobdir, job, images, fs, scores, parts, sel, n_written, threshold_text, model_path) -> None:
+    from .features import network_image
+    from .report import rejection_reason, write_report
+
+    thumbs = network_image(images, job.pixel_size_A, job.particle_diameter_A)
+    raw = {job.classes[i].class_number: fs.raw[j] for j, i in enumerate(fs.rows)}
+    chosen = set(sel.selected)
+    entries = []
+    for row, cls in enumerate(job.classes):
+        k = cls.class_number
+        score = scores.get(k)
+        count = parts.counts.get(k, 0)
+        entries.append({"class_number": k, "image": thumbs[row], "score": score, "count": count,
+                        "resolution_A": raw[k]["EstimatedResolution"] if k in raw else cls.estimated_resolution_A,
+                        "selected": k in chosen,
+                        "reason": "" if k in chosen else rejection_reason(score or 0.0, count, raw.get(k), sel.min_score)})
+    summary = {"title": f"relion_external_rank: {job.optimiser_path}", "particles_in": parts.n_particles,
+               "particles_kept": n_written, "classes_in": job.nr_classes, "classes_kept": len(sel.selected),
+               "classes_scored": len(scores), "threshold": sel.min_score, "threshold_text": threshold_text,
+               "model": model_path}
+    write_report(jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), entries, summary)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,17 +44,19 @@ def test_full_job_writes_every_output(sim_project, test_model):
     assert r.returncode == 0, r.stderr
     files = set(os.listdir(OUT))
     for name in ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
-                 "rank_optimiser.star", "RELION_OUTPUT_NODES.star", "RELION_JOB_EXIT_SUCCESS"):
+                 "rank_optimiser.star", "RELION_OUTPUT_NODES.star", "RELION_JOB_EXIT_SUCCESS", "logfile.pdf",
+                 "logfile.png"):
         assert name in files
     assert not [f for f in files if f.endswith(".part")]
     assert "3850 particles" in r.stdout and "Selected" in r.stdout and "pixel size 3 A" in r.stdout
     nodes = read_star(OUT + "RELION_OUTPUT_NODES.star")["output_nodes"]
     assert nodes.column("rlnPipeLineNodeName") == [OUT + "particles.star", OUT + "class_averages.star",
-                                                   OUT + "rank_optimiser.star"]
-    assert nodes.column("rlnPipeLineNodeType") == ["3", "5", "9"]
+                                                   OUT + "rank_optimiser.star", OUT + "logfile.pdf"]
+    assert nodes.column("rlnPipeLineNodeType") == ["3", "5", "9", "13"]
     assert nodes.column("rlnPipeLineNodeTypeLabel") == [
         "ParticleGroupMetadata.star.relion", "Image2DGroupMetadata.star.relion.classaverages",
-        "OptimiserData.star.relion.select"]
+        "OptimiserData.star.relion.select", "LogFile.pdf.relion"]
+    assert open(OUT + "logfile.pdf", "rb").read(4) == b"%PDF"
     model = read_star(OUT + "rank_model.star")["model_classes"]
     assert len(model.rows) == 20
     scores = model.float_column("rlnClassScore")
