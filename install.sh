@@ -3,15 +3,18 @@
 #   ./install.sh                      -> creates .venv/ here (python3 -m venv) and installs the pinned deps
 #   ./install.sh --python /path/to/python   -> installs into that existing environment (e.g. RELION-5's conda
 #                                        env, which has torch already: packages already present are kept)
+#   ./install.sh --no-example         -> do not run the job on the example project afterwards
 # Needs no network at run time; the install itself uses pip (torch==2.13.0 CPU wheel where available).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=""
+EXAMPLE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY="$2"; shift 2 ;;
     --python=*) PY="${1#--python=}"; shift ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --no-example) EXAMPLE=0; shift ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (use --python PATH)" >&2; exit 2 ;;
   esac
 done
@@ -41,5 +44,10 @@ exec "$PY" "$HERE/relion_external_rank.py" "\$@"
 WRAP
 chmod +x "$HERE/bin/relion_external_rank.py"
 "$HERE/bin/relion_external_rank.py" --help >/dev/null
+if [ "$EXAMPLE" = 1 ]; then
+  echo "Running the ranker on the example project (examples/class2d_sim):"
+  "$HERE/run_example.sh"
+  echo
+fi
 echo "Installed. In RELION's External tab, set 'External executable' to:"
 echo "  $HERE/bin/relion_external_rank.py"
