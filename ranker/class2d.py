@@ -117,6 +117,30 @@ def resolve_optimiser(in_optimiser: str | None, in_parts: str | None) -> str:
     return _DATA_SUFFIX.sub("_optimiser.star", in_parts)
 
 
+_ITERATION = re.compile(r"^(?P<root>.*)_it(?P<it>\d+)_(?:optimiser|data)\.star$")
+
+
+def latest_complete_iteration(optimiser_path: str) -> str | None:
+    """For a Class2D job still running: the newest ``run_itNNN_optimiser.star`` beside
+    ``optimiser_path``, older than the one asked for, whose model, data and class stack
+    are all written; None if there is none."""
+    import glob
+
+    m = _ITERATION.match(optimiser_path)
+    if not m:
+        return None
+    best = None
+    for path in glob.glob(glob.escape(m["root"]) + "_it*_optimiser.star"):
+        it = _ITERATION.match(path)
+        if not it or int(it["it"]) >= int(m["it"]):
+            continue
+        stem = path[: -len("_optimiser.star")]
+        if all(os.path.exists(stem + suffix) for suffix in ("_model.star", "_data.star", "_classes.mrcs")):
+            if best is None or int(it["it"]) > best[0]:
+                best = (int(it["it"]), path)
+    return best[1] if best else None
+
+
 def _class_number(reference: str, model_path: str) -> int:
     if "@" not in reference:
         raise StarError(f"{model_path}: rlnReferenceImage {reference!r} is not index@stack")
@@ -170,6 +194,10 @@ def read_class2d(optimiser_path: str, data_path: str | None = None) -> Class2DJo
             row=dict(zip(classes_tab.labels, classes_tab.rows[i]))))
     if not classes:
         raise StarError(f"{model_path}: table data_model_classes has no classes")
+    nr_classes = int(general.float_value("rlnNrClasses", float(len(classes))))
+    if nr_classes != len(classes):
+        raise StarError(f"{model_path}: rlnNrClasses is {nr_classes} but table data_model_classes has "
+                        f"{len(classes)} rows (file truncated?)")
     diameter = opt.float_value("rlnParticleDiameter")
     if diameter <= 0:
         raise StarError(f"{optimiser_path}: rlnParticleDiameter {diameter} is not a valid diameter")

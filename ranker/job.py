@@ -38,7 +38,7 @@ class Log:
 
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     """Everything between reading the inputs and renaming the outputs into place."""
-    from .class2d import read_class2d, resolve_optimiser
+    from .class2d import latest_complete_iteration, read_class2d, resolve_optimiser
     from .particles import scan_particles, write_selected
     from . import outputs
     from .selection import select_classes
@@ -47,10 +47,16 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     for note in opts.ignored:
         log(f"Note: ignoring {note} (not used for ranking 2D classes)")
     optimiser = resolve_optimiser(opts.in_optimiser, opts.in_parts)
+    data_path = opts.in_parts
     if not os.path.exists(optimiser):
-        raise StarError(f"{optimiser}: optimiser STAR not found" +
-                        (" (looked beside the --in_parts data.star)" if not opts.in_optimiser else ""))
-    job = read_class2d(optimiser, data_path=opts.in_parts)
+        latest = latest_complete_iteration(optimiser)
+        if latest is None:
+            raise StarError(f"{optimiser}: optimiser STAR not found" +
+                            (" (looked beside the --in_parts data.star)" if not opts.in_optimiser else ""))
+        log(f"Note: {optimiser} does not exist yet (Class2D job still running?); "
+            f"using the latest complete iteration, {latest}")
+        optimiser, data_path = latest, None
+    job = read_class2d(optimiser, data_path=data_path)
     log(f"Class2D job: {optimiser}")
     log(f"  model {job.model_path}, data {job.data_path}")
     log(f"  {job.nr_classes} classes, box {job.box_px} px, pixel size {job.pixel_size_A:g} A, "

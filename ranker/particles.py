@@ -119,7 +119,10 @@ class _Walker:
             if self.state == "labels":
                 self.state = "rows"
                 self._start_table(lineno)
-            tokens = _split(stripped)
+            try:
+                tokens = _split(stripped)
+            except ValueError as exc:
+                raise StarError(f"{path}: line {lineno}: {exc}") from None
             if len(tokens) != len(self.labels):
                 raise StarError(f"{path}: line {lineno}: row has {len(tokens)} values but table "
                                 f"data_{self.block} has {len(self.labels)} columns (truncated or garbled?)")

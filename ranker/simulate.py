@@ -1171,7 +1171,7 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
     props = rng.dirichlet(np.full(nk, 1.5))
     n_junk = int(round(jf * n_tot))
     cnt = rng.multinomial(n_junk, props)
-    junk = {k: int(c) for k, c in zip(active, cnt) if c > 0}
+    junk = {str(k): int(c) for k, c in zip(active, cnt) if c > 0}
     K = int(rng.integers(4, 25))
     n_iter = int(rng.integers(10, 21))
     psi = float(rng.choice([10.0, 12.0, 16.0]))
@@ -1193,31 +1193,32 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
         # shrink particles, classes and iterations together (floors 600, 4, 10) to fit the budget (s)
         def n_of(sp):
             return sp["n_good"] + sum(sp["junk"].values())
-        for _ in range(60):
+        kmin = min(spec["K"], 6)
+        for _ in range(80):
             est = relion_seconds(box, n_of(spec), spec["K"], spec["n_iter"], spec["psi_step"], offr)
             if est <= budget:
                 break
             if spec["psi_step"] < 16:
                 spec["psi_step"] = 16.0
                 continue
-            f = 0.93
-            if n_of(spec) * f >= 600:
-                spec["n_good"] = max(1, int(round(spec["n_good"] * f)))
-                spec["junk"] = {k: max(1, int(round(v * f))) for k, v in spec["junk"].items()}
-            elif spec["K"] > 4 and rng.uniform() < 0.6:
-                spec["K"] -= 1
-            elif spec["n_iter"] > 10:
-                spec["n_iter"] -= 1
-            elif spec["K"] > 4:
-                spec["K"] -= 1
-            elif spec["offset_range"] > 3:
-                spec["offset_range"] = offr = 3
-            else:
+            opts = [(w, k) for w, k, ok in ((2.0, "n", n_of(spec) * 0.93 >= 600), (0.8, "K", spec["K"] > kmin),
+                                            (2.0, "it", spec["n_iter"] > 10)) if ok]
+            if not opts:
+                if spec["offset_range"] > 3:
+                    spec["offset_range"] = offr = 3
+                    continue
                 break
-            if spec["K"] > 6 and rng.uniform() < 0.35:
+            wsum = sum(w for w, _ in opts)
+            pick = opts[int(rng.choice(len(opts), p=[w / wsum for w, _ in opts]))][1]
+            if pick == "n":
+                spec["n_good"] = max(1, int(round(spec["n_good"] * 0.93)))
+                spec["junk"] = {k: max(1, int(round(v * 0.93))) for k, v in spec["junk"].items()}
+            elif pick == "K":
                 spec["K"] -= 1
-            if spec["n_iter"] > 12 and rng.uniform() < 0.35:
+            else:
                 spec["n_iter"] -= 1
+        # RELION 3.1 empties most classes when they would hold < ~50 particles each
+        spec["K"] = int(min(spec["K"], max(4, n_of(spec) // 50)))
         spec["n_mics"] = max(5, min(spec["n_mics"], n_of(spec) // 20))
         spec["est_refine_seconds"] = round(relion_seconds(box, n_of(spec), spec["K"], spec["n_iter"],
                                                           spec["psi_step"], spec["offset_range"]), 1)
@@ -1292,6 +1293,9 @@ def summarise(corpus, per_job=False):
         for r in rows:
             r["n_particles"] = int(r["n_particles"])
         cs = class_summary(rows)
+        big = class_summary([r for r in rows if r["n_particles"] >= 10])
+        for k in ("good", "bad", "mixed"):
+            tot[("all", k + ">=10")] += big[k]
         splits[info["split"]] += 1
         prots[info["protein"]["name"].split("-")[0] if info["protein"]["source"] == "pdb" else "pseudo"] += 1
         secs.append(info["seconds_total"])
@@ -1311,6 +1315,8 @@ def summarise(corpus, per_job=False):
     for sp in ["all"] + sorted(splits):
         print(f"  {sp:8s} classes: good {tot[(sp, 'good')]}, bad {tot[(sp, 'bad')]}, mixed {tot[(sp, 'mixed')]}, "
               f"empty {tot[(sp, 'empty')]}")
+    print(f"  classes with >= 10 particles: good {tot[('all', 'good>=10')]}, bad {tot[('all', 'bad>=10')]}, "
+          f"mixed {tot[('all', 'mixed>=10')]}")
     print("  proteins:", dict(prots))
 
 

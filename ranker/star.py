@@ -221,7 +221,8 @@ def format_value(value) -> str:
             return f"{value:12.5e}" if value < 0 else f"{value:12.6e}"
         return f"{value:12.5f}" if value < 0 else f"{value:12.6f}"
     text = str(value)
-    if text == "" or any(c.isspace() for c in text):
+    if (text == "" or any(c.isspace() for c in text) or text[0] in "_#'\""
+            or text.startswith(("data_", "loop_"))):
         return '"' + text + '"'
     return text
 
