@@ -420,7 +420,7 @@ def build_project(root: str, n_good: int = 180, n_noise: int = 60, n_blobs: int 
         "particle_diameter": mask_diameter_A, "do_zero_mask": "Yes", "do_ctf_correction": "Yes", "tau_fudge": 2,
         "psi_sampling": 10, "offset_range": 3, "offset_step": 1, "do_fast_subsets": "No", "allow_coarser": "Yes",
         "do_preread_images": "Yes", "nr_pool": 30, "nr_mpi": 1, "nr_threads": 1, "use_gpu": "No",
-        "scratch_dir": ""})
+        "scratch_dir": "", "other_args": f"--random_seed {seed}"})
     run_job(root, c2d, timeout=900)
     _require_success(root, c2d)
     log(f"Class2D ({counts['n_particles']} particles, K={n_classes}, {n_iter} iterations) through "

@@ -67,7 +67,7 @@ def _moved(base, root):
     return rp.Project(**{**base.__dict__, "root": root})
 
 
-def external_options(proj, test_model, wrapper, **params):
+def external_options(test_model, wrapper, **params):
     """``--addJobOptions`` for our External job: fn_exe, params (label -> value), the test model."""
     opts = {"fn_exe": wrapper, "nr_threads": 1, "other_args": f"--model {test_model}"}
     for i, (label, value) in enumerate(params.items(), start=1):
@@ -163,12 +163,20 @@ def test_snippet_job_star_for_each_relion_version(tmp_path, major):
     assert set(opts) == set(template)
 
 
-def test_snippet_prepares_a_scheme_job(tmp_path):
+def test_snippet_prepares_a_scheme_job(tmp_path, monkeypatch, capsys):
     path = snippet.prepare_scheme_job("proc", "rank_parts", project=str(tmp_path))
     assert path == str(tmp_path / "Schemes" / "proc" / "rank_parts" / "job.star")
     _h, opts = snippet.read_job_star(path)
     assert opts["in_part"] == "Schemes/proc/class2d/run_it100_data.star"
-    assert opts["fn_exe"] == EXE
+    assert opts["fn_exe"] == snippet.DEFAULT_EXE and os.path.exists(snippet.DEFAULT_EXE)
+    # the command-line form, into another Scheme
+    monkeypatch.chdir(tmp_path)
+    assert snippet.main(["--scheme", "auto2d", "--scheme_job", "rank", "--min_score", "0.4"]) == 0
+    header, opts = snippet.read_job_star("Schemes/auto2d/rank/job.star")
+    assert header["rlnJobTypeLabel"] == "relion.external"
+    assert opts["in_part"] == "Schemes/auto2d/class2d/run_it100_data.star"
+    assert (opts["param1_label"], opts["param1_value"]) == ("min_score", "0.4")
+    assert "relion_pipeliner --addJobFromStar Schemes/auto2d/rank/job.star" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,22 +186,21 @@ def test_snippet_prepares_a_scheme_job(tmp_path):
 def ranked(relion_base, tmp_path_factory, test_model):
     """A project where the pipeliner ran our job on the Class2D data.star (in_part): External/job003/.
 
-    min_score 0.99 (the random test model scores below it) with select_min_nr_particles 100
-    selects a subset, through the fallback, so the next job runs on fewer particles."""
+    min_score 0.99 with select_min_nr_particles 100: the test model's random weights score
+    below 0.99, so the best classes are added until at least 100 particles are selected."""
     root = rp.copy_project(relion_base.root, str(tmp_path_factory.mktemp("ranked") / "project"))
     proj = _moved(relion_base, root)
     wrapper = rp.write_wrapper(root, EXE)
-    opts = external_options(proj, test_model, wrapper, min_score=0.99, select_min_nr_particles=100)
+    opts = external_options(test_model, wrapper, min_score=0.99, select_min_nr_particles=100)
     opts["in_part"] = proj.data_star
     jobdir = rp.add_job(root, "External", opts)
-    t0 = time.perf_counter()
-    call = rp.run_job(root, jobdir, timeout=300)
-    return proj, jobdir, call, time.perf_counter() - t0
+    rp.run_job(root, jobdir, timeout=300)
+    return proj, jobdir
 
 
 @relion
 def test_pipeliner_runs_job_on_class2d_particles(ranked):
-    proj, jobdir, call, _seconds = ranked
+    proj, jobdir = ranked
     root = proj.root
     assert jobdir == "External/job003/"
     pipe = assert_succeeded(root, jobdir)
@@ -210,13 +217,17 @@ def test_pipeliner_runs_job_on_class2d_particles(ranked):
     with open(os.path.join(root, jobdir, "run.out")) as fh:
         out = fh.read()
     assert f"{proj.n_particles} particles" in out and "Selected" in out
-    n_selected = rp.count_particles(os.path.join(root, jobdir, "particles.star"))
-    assert 100 <= n_selected < proj.n_particles
-    assert f"{n_selected} of {proj.n_particles} particles" in out
-    # class averages STAR names RELION's class images; the optimiser names our model STAR
+    # particles.star holds exactly the Class2D particles of the classes in class_averages.star,
+    # which name RELION's class images
     ca = read_star(os.path.join(root, jobdir, "class_averages.star"))[""]
-    assert all(ref.endswith(f"@{proj.class2d_job}run_it{proj.iteration:03d}_classes.mrcs")
-               for ref in ca.column("rlnReferenceImage"))
+    refs = ca.column("rlnReferenceImage")
+    assert refs and all(ref.endswith(f"@{proj.class2d_job}run_it{proj.iteration:03d}_classes.mrcs") for ref in refs)
+    chosen = {str(int(ref.split("@")[0])) for ref in refs}
+    labels, rows = rp.read_star_tables(os.path.join(root, proj.data_star))["particles"]
+    expected = [r[0] for r in rows if r[labels.index("rlnClassNumber")] in chosen]
+    got = [r[0] for r in rp.read_star_tables(os.path.join(root, jobdir, "particles.star"))["particles"][1]]
+    assert got == expected and len(got) >= 100  # select_min_nr_particles 100 (by fallback)
+    assert f"{len(got)} of {proj.n_particles} particles" in out
     opt = read_star(os.path.join(root, jobdir, "rank_optimiser.star"))["optimiser_general"]
     assert opt.value("rlnModelStarFile") == jobdir + "rank_model.star"
     assert "Stopping pipeliner due to" not in open(os.path.join(root, "pipeline_.log")).read()
@@ -226,8 +237,8 @@ def test_pipeliner_runs_job_on_class2d_particles(ranked):
 def test_pipeliner_runs_job_with_in_optimiser_param(project, test_model):
     root = project.root
     wrapper = rp.write_wrapper(root, EXE)
-    jobdir = rp.add_job(root, "External", external_options(project, test_model, wrapper,
-                                                           in_optimiser=project.optimiser_star, min_score=0))
+    opts = external_options(test_model, wrapper, in_optimiser=project.optimiser_star, min_score=0)
+    jobdir = rp.add_job(root, "External", opts)
     rp.run_job(root, jobdir, timeout=300)
     pipe = assert_succeeded(root, jobdir)
     assert_our_nodes(root, jobdir, pipe)
@@ -246,7 +257,7 @@ def test_pipeliner_runs_job_with_in_optimiser_param(project, test_model):
 # ------------------------------------------------------------------------------------------
 @relion
 def test_downstream_class2d_on_our_particles(ranked, tmp_path):
-    base, ext, _call, _s = ranked
+    base, ext = ranked
     root = rp.copy_project(base.root, str(tmp_path / "project"))
     ours = ext + "particles.star"
     n_ours = rp.count_particles(os.path.join(root, ours))
@@ -350,7 +361,7 @@ def test_bad_input_is_a_failed_job(project, test_model):
     """Import particles instead of a Class2D data.star (a user mistake): RELION marks the job failed."""
     root = project.root
     wrapper = rp.write_wrapper(root, EXE)
-    opts = external_options(project, test_model, wrapper)
+    opts = external_options(test_model, wrapper)
     opts["in_part"] = "Import/job001/particles.star"
     jobdir = rp.add_job(root, "External", opts)
     call = rp.run_job(root, jobdir, timeout=300)
@@ -377,7 +388,7 @@ def test_abort_leaves_an_aborted_job(project, test_model):
     wait = ('n=0; while [ ! -e "${JOBDIR}RELION_JOB_ABORT_NOW" ] && [ $n -lt 600 ]; '
             'do sleep 0.1; n=$((n+1)); done')
     wrapper = rp.write_wrapper(root, EXE, before=wait)
-    opts = external_options(project, test_model, wrapper)
+    opts = external_options(test_model, wrapper)
     opts["in_part"] = project.data_star
     jobdir = rp.add_job(root, "External", opts)
     abort_file = os.path.join(root, jobdir, "RELION_JOB_ABORT_NOW")
