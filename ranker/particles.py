@@ -23,7 +23,7 @@ from typing import Callable
 
 from .star import StarBlock, StarError, tokenize
 
-ABORT_CHECK_EVERY = 200_000  # lines between calls of the abort callback
+CHUNK_BYTES = 8 << 20  # particle rows are processed this many bytes at a time (memory stays flat)
 
 
 @dataclass
@@ -72,10 +72,13 @@ def _split(line: bytes) -> list[bytes]:
 
 
 class _Walker:
-    """Line-by-line STAR state machine that marks particle rows.
+    """STAR state machine over a data.star, fast on the particle rows.
 
-    ``walk(fh)`` yields ``(line, tokens_or_None)``: tokens for every particle row
-    (already checked to have as many values as columns), None for any other line.
+    ``walk(fh)`` yields ``(lines, tokens)`` pairs: ``tokens`` is None for lines to pass
+    through unchanged (headers, comments, optics rows, blank lines), else the list of class
+    tokens (bytes) of the particle rows ``lines``. Plain particle rows are handled a chunk
+    at a time (``CHUNK_BYTES``); a chunk holding anything unusual (quotes, comments, another
+    block, a short row) is walked line by line with full checks.
     """
 
     def __init__(self, path: str, abort: Callable[[], None] | None):
@@ -87,51 +90,83 @@ class _Walker:
         self.found_table = False
         self.class_index = -1
         self.optics = None
+        self.lineno = 0
 
     def walk(self, fh):
-        path = self.path
-        for lineno, line in enumerate(fh, 1):
-            if self.abort is not None and lineno % ABORT_CHECK_EVERY == 0:
+        for line in fh:
+            tokens = self.feed(line)
+            yield [line], None if tokens is None else [tokens[self.class_index]]
+            if self.class_index >= 0 and self.state == "rows":
+                break  # first particle row seen: the rest goes in chunks
+        else:
+            return
+        ncol = len(self.labels)
+        ci = self.class_index
+        while True:
+            lines = fh.readlines(CHUNK_BYTES)
+            if not lines:
+                return
+            if self.abort is not None:
                 self.abort()
-            stripped = line.strip()
-            if not stripped or stripped.startswith(b"#"):
-                yield line, None
-                continue
-            if stripped.startswith(b"data_"):
-                self.close(lineno)
-                self.block = stripped[5:].decode(errors="replace").split()[0] if len(stripped) > 5 else ""
-                self.labels, self.state, self.class_index = [], "keys", -1
-                yield line, None
-                continue
-            if stripped.startswith(b"loop_"):
-                self.state = "labels"
-                yield line, None
-                continue
-            if stripped.startswith(b"_"):
-                if self.state == "rows":
-                    raise StarError(f"{path}: line {lineno}: column label after the rows of data_{self.block}")
-                if self.state == "labels":
-                    self.labels.append(stripped[1:].split()[0].decode(errors="replace"))
-                yield line, None
-                continue
-            if self.state not in ("labels", "rows"):
-                raise StarError(f"{path}: line {lineno}: unexpected text outside a table")
+            if self.class_index >= 0 and self.state == "rows" and self._plain(lines, ncol):
+                try:
+                    tokens = [ln.split(None, ci + 1)[ci] for ln in lines]
+                    self.lineno += len(lines)
+                    yield lines, tokens
+                    continue
+                except IndexError:
+                    pass
+            for line in lines:  # careful path
+                tokens = self.feed(line)
+                yield [line], None if tokens is None or self.class_index < 0 else [tokens[self.class_index]]
+
+    @staticmethod
+    def _plain(lines, ncol: int) -> bool:
+        """Only ordinary rows (checked cheaply: no quotes, comments, labels or new blocks;
+        first and last rows complete)."""
+        blob = b"".join(lines)
+        if any(c in blob for c in (b'"', b"'", b"\n#", b"\n_", b"\ndata_", b"\nloop_")):
+            return False
+        return len(lines[0].split()) == ncol and len(lines[-1].split()) == ncol
+
+    def feed(self, line: bytes):
+        """Process one line; returns its tokens if it is a particle row, else None."""
+        self.lineno += 1
+        lineno, path = self.lineno, self.path
+        stripped = line.strip()
+        if not stripped or stripped.startswith(b"#"):
+            return None
+        if stripped.startswith(b"data_"):
+            self.close(lineno)
+            self.block = stripped[5:].decode(errors="replace").split()[0] if len(stripped) > 5 else ""
+            self.labels, self.state, self.class_index = [], "keys", -1
+            return None
+        if stripped.startswith(b"loop_"):
+            self.state = "labels"
+            return None
+        if stripped.startswith(b"_"):
+            if self.state == "rows":
+                raise StarError(f"{path}: line {lineno}: column label after the rows of data_{self.block}")
             if self.state == "labels":
-                self.state = "rows"
-                self._start_table(lineno)
-            try:
-                tokens = _split(stripped)
-            except ValueError as exc:
-                raise StarError(f"{path}: line {lineno}: {exc}") from None
-            if len(tokens) != len(self.labels):
-                raise StarError(f"{path}: line {lineno}: row has {len(tokens)} values but table "
-                                f"data_{self.block} has {len(self.labels)} columns (truncated or garbled?)")
-            if self.class_index >= 0:
-                yield line, tokens
-            else:
-                if self.block == "optics":
-                    self.optics.rows.append([t.decode(errors="replace") for t in tokens])
-                yield line, None
+                self.labels.append(stripped[1:].split()[0].decode(errors="replace"))
+            return None
+        if self.state not in ("labels", "rows"):
+            raise StarError(f"{path}: line {lineno}: unexpected text outside a table")
+        if self.state == "labels":
+            self.state = "rows"
+            self._start_table(lineno)
+        try:
+            tokens = _split(stripped)
+        except ValueError as exc:
+            raise StarError(f"{path}: line {lineno}: {exc}") from None
+        if len(tokens) != len(self.labels):
+            raise StarError(f"{path}: line {lineno}: row has {len(tokens)} values but table "
+                            f"data_{self.block} has {len(self.labels)} columns (truncated or garbled?)")
+        if self.class_index >= 0:
+            return tokens
+        if self.block == "optics":
+            self.optics.rows.append([t.decode(errors="replace") for t in tokens])
+        return None
 
     def close(self, lineno: int) -> None:
         """End the current block (a table may have labels but no rows)."""
@@ -173,12 +208,12 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
     path = os.fspath(path)
     walker = _Walker(path, abort)
     token_counts: Counter[bytes] = Counter()
-    last: list[bytes] | None = None
+    last: bytes | None = None
     with _open(path) as fh:
-        for _line, tokens in walker.walk(fh):
-            if tokens is not None:
-                token_counts[tokens[walker.class_index]] += 1
-                last = tokens
+        for lines, tokens in walker.walk(fh):
+            if tokens:
+                token_counts.update(tokens)
+                last = lines[-1]
         walker.close(0)
     if not walker.found_table:
         raise StarError(f"{path}: no particle table (data_particles, or a table with _rlnImageName)")
@@ -188,7 +223,7 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
     n_particles = sum(counts.values())
     if n_particles == 0:
         raise StarError(f"{path}: the particle table has no rows (zero particles)")
-    last_row = {label: t.decode(errors="replace") for label, t in zip(walker.particle_labels, last)}
+    last_row = {label: t.decode(errors="replace") for label, t in zip(walker.particle_labels, _split(last.strip()))}
     return ParticleSummary(path=path, n_particles=n_particles, counts=dict(counts),
                            labels=walker.particle_labels, optics=walker.optics, last_row=last_row)
 
@@ -208,15 +243,13 @@ def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, sele
     written = 0
     with _open(path_in) as fh, open(path_out, "wb", buffering=1 << 20) as out:
         write = out.write
-        for line, tokens in walker.walk(fh):
+        for lines, tokens in walker.walk(fh):
             if tokens is None:
-                write(line)
+                write(lines[0])
                 continue
-            token = tokens[walker.class_index]
-            hit = keep.get(token)
-            if hit is None:
-                hit = keep[token] = _class_of(token, path_in, 0) in wanted
-            if hit:
-                write(line)
-                written += 1
+            for token in set(tokens) - keep.keys():
+                keep[token] = _class_of(token, path_in, walker.lineno) in wanted
+            chosen = [ln for ln, t in zip(lines, tokens) if keep[t]]
+            write(b"".join(chosen))
+            written += len(chosen)
     return written

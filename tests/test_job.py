@@ -189,8 +189,8 @@ def test_abort_between_stages(sim_project, test_model, monkeypatch):
 
 
 def test_abort_while_streaming_particles(sim_project, test_model, monkeypatch):
-    """The abort file is polled inside the particle loop too (every N lines)."""
-    monkeypatch.setattr("ranker.particles.ABORT_CHECK_EVERY", 100)
+    """The abort file is polled inside the particle loop too (every chunk)."""
+    monkeypatch.setattr("ranker.particles.CHUNK_BYTES", 4096)
     from ranker import particles
     real = particles.write_selected
 

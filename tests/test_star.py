@@ -123,7 +123,16 @@ def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, e
     d = tmp_path_factory.mktemp("p")
     src = _write(d, text)
     out = str(d / "out.star")
-    n = write_selected(src, out, selected)
-    assert open(out, "rb").read().decode() == _reference_select(text, selected)
-    assert n == sum(1 for k, _, _ in rows if k in selected)
-    assert scan_particles(src).n_particles == len(rows)
+    import ranker.particles as particles
+    saved = particles.CHUNK_BYTES
+    try:
+        for chunk in (saved, 200, 37):  # one chunk (careful path at the end) and many (fast path)
+            particles.CHUNK_BYTES = chunk
+            n = write_selected(src, out, selected)
+            assert open(out, "rb").read().decode() == _reference_select(text, selected)
+            assert n == sum(1 for k, _, _ in rows if k in selected)
+            summary = scan_particles(src)
+            assert summary.n_particles == len(rows)
+            assert summary.last_row["rlnImageName"] == f"{len(rows)}@stack.mrcs"
+    finally:
+        particles.CHUNK_BYTES = saved
