@@ -16,6 +16,8 @@ and CRLF line ends.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -102,6 +104,8 @@ class _Walker:
             return
         ncol = len(self.labels)
         ci = self.class_index
+        split = operator.methodcaller("split", None, ci + 1)
+        column = operator.itemgetter(ci)
         while True:
             lines = fh.readlines(CHUNK_BYTES)
             if not lines:
@@ -109,8 +113,8 @@ class _Walker:
             if self.abort is not None:
                 self.abort()
             if self.class_index >= 0 and self.state == "rows" and self._plain(lines, ncol):
-                try:
-                    tokens = [ln.split(None, ci + 1)[ci] for ln in lines]
+                try:  # C-level iteration: about twice as fast as a comprehension
+                    tokens = list(map(column, map(split, lines)))
                     self.lineno += len(lines)
                     yield lines, tokens
                     continue
@@ -122,10 +126,12 @@ class _Walker:
 
     @staticmethod
     def _plain(lines, ncol: int) -> bool:
-        """Only ordinary rows (checked cheaply: no quotes, comments, labels or new blocks;
-        first and last rows complete)."""
+        """True if a chunk holds only ordinary rows. Single-byte searches only (memchr
+        speed): no quote or '#' anywhere, and the first and last rows complete. A block,
+        loop or blank line left in the chunk has fewer values than the class column and
+        sends the chunk down the careful path through the IndexError in :meth:`walk`."""
         blob = b"".join(lines)
-        if any(c in blob for c in (b'"', b"'", b"\n#", b"\n_", b"\ndata_", b"\nloop_")):
+        if b'"' in blob or b"'" in blob or b"#" in blob:
             return False
         return len(lines[0].split()) == ncol and len(lines[-1].split()) == ncol
 
@@ -249,7 +255,7 @@ def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, sele
                 continue
             for token in set(tokens) - keep.keys():
                 keep[token] = _class_of(token, path_in, walker.lineno) in wanted
-            chosen = [ln for ln, t in zip(lines, tokens) if keep[t]]
-            write(b"".join(chosen))
-            written += len(chosen)
+            flags = list(map(keep.__getitem__, tokens))
+            write(b"".join(itertools.compress(lines, flags)))
+            written += sum(flags)
     return written
