@@ -51,6 +51,7 @@ def write_report(pdf_path: str, png_path: str, entries: list[dict], summary: dic
     """
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["pdf.compression"] = 1  # zlib level: most of the time went into compressing
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
 
@@ -68,7 +69,7 @@ def write_report(pdf_path: str, png_path: str, entries: list[dict], summary: dic
     title = summary.get("title", "Ranked classes") + (f" (best {PNG_TILES} of {len(order)}; all in logfile.pdf)"
                                                       if len(order) > PNG_TILES else "")
     fig = _grid_page(plt, shown, 10, title)
-    fig.savefig(png_path, dpi=80, format="png")
+    fig.savefig(png_path, dpi=80, format="png", pil_kwargs={"compress_level": 1})
     plt.close(fig)
 
 
@@ -92,31 +93,34 @@ def _summary_page(plt, s: dict, scores: list[float]):
     return fig
 
 
-def _grid_page(plt, page: list[dict], cols: int, title: str):
-    from matplotlib.patches import Rectangle
+def _hex_rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
 
+
+def _grid_page(plt, page: list[dict], cols: int, title: str):
+    """One figure: an RGB mosaic (tiles framed in their colour) and one label per tile."""
     rows = max(1, -(-len(page) // cols))
-    cell = TILE_PX + 30  # room for two text lines under each tile
-    mosaic = np.ones((rows * cell, cols * (TILE_PX + 8)))
+    cell_h, cell_w = TILE_PX + 30, TILE_PX + 8  # room for the label under each tile
+    mosaic = np.ones((rows * cell_h, cols * cell_w, 3))
+    labels = []
     for i, e in enumerate(page):
         r, c = divmod(i, cols)
-        y, x = r * cell + 4, c * (TILE_PX + 8) + 4
-        mosaic[y:y + TILE_PX, x:x + TILE_PX] = _tile(e["image"])
+        y, x = r * cell_h + 4, c * cell_w + 4
+        colour = GREEN if e["selected"] else (GREY if e["score"] is None else RED)
+        mosaic[y - 3:y + TILE_PX + 3, x - 3:x + TILE_PX + 3] = _hex_rgb(colour)
+        mosaic[y:y + TILE_PX, x:x + TILE_PX] = _tile(e["image"])[..., None]
+        score = "not scored" if e["score"] is None else f"score {e['score']:.2f}"
+        res = f"{e['resolution_A']:.1f} A" if e["resolution_A"] else "res n/a"
+        text = f"#{e['class_number']}  {score}\n{e['count']} ptcls, {res}"
+        if not e["selected"]:
+            text += "\n" + e["reason"][:34]
+        labels.append((x, y + TILE_PX + 6, text, colour))
     height = 11.69 if cols == COLS else max(3.0, 1.45 * rows + 0.6)
     fig = plt.figure(figsize=(8.27 if cols == COLS else 1.3 * cols, height))
     ax = fig.add_axes([0.02, 0.02, 0.96, 0.93])
-    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
     fig.suptitle(title, fontsize=12)
-    for i, e in enumerate(page):
-        r, c = divmod(i, cols)
-        y, x = r * cell + 4, c * (TILE_PX + 8) + 4
-        colour = GREEN if e["selected"] else (GREY if e["score"] is None else RED)
-        ax.add_patch(Rectangle((x - 2.5, y - 2.5), TILE_PX + 4, TILE_PX + 4, fill=False, edgecolor=colour, lw=2.5))
-        score = "not scored" if e["score"] is None else f"score {e['score']:.2f}"
-        res = f"{e['resolution_A']:.1f} A" if e["resolution_A"] else "res n/a"
-        ax.text(x, y + TILE_PX + 9, f"#{e['class_number']}  {score}", fontsize=6.5, color=colour, weight="bold")
-        ax.text(x, y + TILE_PX + 17, f"{e['count']} ptcls, {res}", fontsize=6)
-        if not e["selected"]:
-            ax.text(x, y + TILE_PX + 25, e["reason"][:34], fontsize=5, color=colour)
+    for x, y, text, colour in labels:
+        ax.text(x, y, text, fontsize=5.5, color=colour, va="top", linespacing=1.3)
     return fig
