@@ -69,13 +69,17 @@ def write_backup_selection(path: str, job: Class2DJob, selection: Selection) -> 
 
 def write_class_averages(path: str, job: Class2DJob, selection: Selection, scores: dict[int, float],
                          counts: dict[int, int]) -> None:
-    """``class_averages.star``: the selected classes in RELION's order, with their score and
-    the number of particles in data.star (rlnParticleNumber)."""
+    """``class_averages.star``: the selected classes, best score first, with their score and
+    the number of particles in data.star (rlnParticleNumber).
+
+    RELION-5 writes threshold picks in class order; we sort by score so that every RELION
+    version displays them ranked (RELION 3.1 does not know rlnPredictedClassScore and
+    cannot sort on it)."""
     labels = ["rlnReferenceImage", "rlnPredictedClassScore", "rlnClassDistribution", "rlnAccuracyRotations",
               "rlnAccuracyTranslationsAngst", "rlnEstimatedResolution", "rlnParticleNumber"]
     by_number = {cls.class_number: cls for cls in job.classes}
     rows = []
-    for k in selection.selected:
+    for k in sorted(selection.selected, key=lambda k: (-scores[k], k)):
         cls = by_number[k]
         rows.append([cls.reference_image, float(scores[k]), _number(cls.row["rlnClassDistribution"]),
                      _number(cls.row["rlnAccuracyRotations"]), float(cls.accuracy_translation_A),

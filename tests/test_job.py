@@ -93,6 +93,8 @@ def test_outputs_match_relion5_autoselect(sim_project, test_model, monkeypatch):
     for name, block in (("backup_selection.star", ""), ("class_averages.star", ""), ("rank_model.star", "model_classes")):
         ours = read_star(OUT + name)[block]
         theirs = read_star(os.path.join(ref, name))[block]
+        if name == "class_averages.star":  # ours lists the best first, RELION's in class order
+            theirs.rows.sort(key=lambda r: -float(r[theirs.labels.index("rlnPredictedClassScore")]))
         for label in theirs.labels:
             a, b = ours.column(label), theirs.column(label)
             if label == "rlnReferenceImage":
@@ -102,7 +104,21 @@ def test_outputs_match_relion5_autoselect(sim_project, test_model, monkeypatch):
     ca = read_star(OUT + "class_averages.star")[""]
     import csv
     truth = {int(r["class_number"]): int(r["n_particles"]) for r in csv.DictReader(open("class_truth.csv"))}
-    assert [int(x) for x in ca.column("rlnParticleNumber")] == [truth[k] for k in (11, 13, 14, 15, 18)]
+    assert [int(x) for x in ca.column("rlnParticleNumber")] == [truth[k] for k in (18, 15, 14, 13, 11)]
+
+
+def test_display_order_is_by_score(sim_project, test_model, monkeypatch):
+    """What relion_display reads: class_averages.star rows are best-first (any RELION version);
+    rank_model.star keeps class order with rlnClassScore to sort on (RELION 4/5)."""
+    fake_scores(monkeypatch, lambda k: np.array([0.9, 0.2, 0.95, 0.6, 0.7, 0.1, 0.8, 0.55, 0.65])[:k])
+    assert jobmod.main(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model]) == 0
+    ca = read_star(OUT + "class_averages.star")[""]
+    scores = [float(s) for s in ca.column("rlnPredictedClassScore")]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 7
+    rm = read_star(OUT + "rank_model.star")["model_classes"]
+    assert [int(r.split("@")[0]) for r in rm.column("rlnReferenceImage")] == list(range(1, 21))
+    by_score = sorted(zip(rm.float_column("rlnClassScore"), rm.column("rlnReferenceImage")), reverse=True)
+    assert [r for _s, r in by_score[:7]] == ca.column("rlnReferenceImage")
 
 
 def test_relion5_vdam_job(r5_project, test_model):
