@@ -120,20 +120,39 @@ def solvent_masks(filtered: np.ndarray, stddev: float, radius_px: float) -> dict
                 scattered_signal=scattered / (scattered + protein_area + 1))
 
 
-def _disk(radius: int) -> np.ndarray:
-    i = np.arange(-radius, radius + 1)
-    return i[:, None] ** 2 + i[None, :] ** 2 <= radius * radius
+def _disk_filter(stack: np.ndarray, radius: int, pad_values: np.ndarray, erode: bool) -> np.ndarray:
+    """Grey erosion (or dilation) of every image in a (K, n, n) stack by the disk
+    ``dx^2 + dy^2 <= radius^2``, neighbours outside the image ignored (each image is padded
+    with its own ``pad_values``, which can never win). The disk is a stack of horizontal
+    segments, so the filter is the min (max) over dy of 1D sliding minima (maxima)."""
+    k, n, _ = stack.shape
+    r = radius
+    padded = np.empty((k, n + 2 * r, n + 2 * r))
+    padded[:] = pad_values[:, None, None]
+    padded[:, r:r + n, r:r + n] = stack
+    filt = ndimage.minimum_filter1d if erode else ndimage.maximum_filter1d
+    combine = np.minimum if erode else np.maximum
+    rows: dict[int, np.ndarray] = {}
+    out = None
+    for dy in range(-r, r + 1):
+        half = math.isqrt(r * r - dy * dy)
+        if half not in rows:
+            rows[half] = filt(padded, size=2 * half + 1, axis=2, mode="nearest")
+        part = rows[half][:, r + dy:r + dy + n, r:r + n]
+        out = part.copy() if out is None else combine(out, part, out=out)
+    return out
 
 
-def granulo(img: np.ndarray) -> list[float]:
-    """Sum of the grey opening by disks of radius 1..6 px (edges padded as RELION does)."""
-    out = []
-    vmax, vmin = float(img.max()), float(img.min())
+def granulo(stack: np.ndarray) -> np.ndarray:
+    """Granulometry of each image of a (K, n, n) stack: for disks of radius 1..6 px, the
+    sum of the grey opening (erosion, then dilation; image edges ignored as in RELION).
+    Returns (K, 6)."""
+    stack = np.asarray(stack, float)
+    vmax, vmin = stack.max(axis=(1, 2)), stack.min(axis=(1, 2))
+    out = np.zeros((stack.shape[0], 6))
     for radius in range(1, 7):
-        fp = _disk(radius)
-        eroded = ndimage.grey_erosion(img, footprint=fp, mode="constant", cval=vmax)
-        opened = ndimage.grey_dilation(eroded, footprint=fp, mode="constant", cval=vmin)
-        out.append(float(opened.sum()))
+        eroded = _disk_filter(stack, radius, vmax, erode=True)
+        out[:, radius - 1] = _disk_filter(eroded, radius, vmin, erode=False).sum(axis=(1, 2))
     return out
 
 
@@ -147,8 +166,9 @@ def protein_car(protein: np.ndarray) -> float:
     return int((protein & ~interior).sum()) / (2 * math.sqrt(3.14 * area))
 
 
-def image_features(img4: np.ndarray, radius_px: float) -> dict:
-    """All image features of one class average already at 4 A/px."""
+def image_features(img4: np.ndarray, radius_px: float, granulo_sums) -> dict:
+    """All image features of one class average already at 4 A/px (granulo given, see
+    :func:`granulo`, as it is computed for the whole stack at once)."""
     n = img4.shape[-1]
     r2 = _radius2(n)
     ring_in = RING_RADIUS_RATIO * radius_px
@@ -176,8 +196,8 @@ def image_features(img4: np.ndarray, radius_px: float) -> dict:
         "LowpassFilteredImageMean": lp["mean"], "LowpassFilteredImageStddev": lp["stddev"],
         "LowpassFilteredImageMin": lp["min"], "LowpassFilteredImageMax": lp["max"],
     }
-    for i, g in enumerate(granulo(img4), 1):
-        feats[f"Granulo{i}"] = g
+    for i, g in enumerate(granulo_sums, 1):
+        feats[f"Granulo{i}"] = float(g)
     return feats
 
 
@@ -249,6 +269,7 @@ def compute_features(job: Class2DJob, images: np.ndarray, n_particles_total: int
     raw_dicts, raw_vectors = [], np.zeros((len(rows), 24))
     if rows:
         small = resize_map(images[rows], newsize)
+        granulo_sums = granulo(small)
         big = network_image(images[rows], job.pixel_size_A, job.particle_diameter_A).astype(np.float32)
     else:
         big = np.zeros((0, NETWORK_IMAGE_PX, NETWORK_IMAGE_PX), np.float32)
@@ -267,7 +288,7 @@ def compute_features(job: Class2DJob, images: np.ndarray, n_particles_total: int
              "AccuracyRotations": acc_rot, "AccuracyTranslationsAngst": acc_trans,
              "EstimatedResolution": res, "WeightedResolution": (1 / res ** 2) / math.log(particle_nr),
              "RelativeResolution": res / (job.box_px * job.pixel_size_A), "ParticleNr": particle_nr}
-        d.update(image_features(small[j], radius_px))
+        d.update(image_features(small[j], radius_px, granulo_sums[j]))
         raw_dicts.append(d)
         raw_vectors[j] = [d[name] for name in FEATURE_NAMES]
     if fallback:

@@ -11,6 +11,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.fft
+
+WORKERS = 1  # FFT threads; the job sets this from --j
+
+
+def _rfft2(a):
+    return scipy.fft.rfft2(a, workers=WORKERS)
+
+
+def _irfft2(a, n):
+    return scipy.fft.irfft2(a, s=(n, n), workers=WORKERS)
 
 
 def relion_round(x: float) -> int:
@@ -33,8 +44,8 @@ def resize_map(img: np.ndarray, n: int) -> np.ndarray:
     """
     big = img.shape[-1]
     if n == big:
-        return np.fft.irfft2(np.fft.rfft2(img), s=(n, n))
-    spec = np.fft.rfft2(img) / (big * big)
+        return _irfft2(_rfft2(img), n)
+    spec = _rfft2(img) / (big * big)
     out = np.zeros(img.shape[:-2] + (n, n // 2 + 1), dtype=complex)
     if n < big:
         ky = _signed_rows(n)
@@ -48,7 +59,7 @@ def resize_map(img: np.ndarray, n: int) -> np.ndarray:
         for r_in in range(big):
             cols = np.nonzero(inside[r_in])[0]
             out[..., rows_out[r_in], cols] = spec[..., r_in, cols]
-    return np.fft.irfft2(out, s=(n, n)) * (n * n)
+    return _irfft2(out, n) * (n * n)
 
 
 def lowpass(img: np.ndarray, lowpass_A: float, angpix: float, edge_width_px: float = 2) -> np.ndarray:
@@ -66,7 +77,7 @@ def lowpass(img: np.ndarray, lowpass_A: float, angpix: float, edge_width_px: flo
     f = np.sqrt(ky * ky + kx * kx) / n
     gain = np.where(f < low, 1.0, np.where(f > high, 0.0,
                     0.5 + 0.5 * np.cos(np.pi * (f - low) / (high - low))))
-    return np.fft.irfft2(np.fft.rfft2(img) * gain, s=(n, n))
+    return _irfft2(_rfft2(img) * gain, n)
 
 
 def first_peak_ctf_correction(img: np.ndarray, angpix: float, voltage_kV: float, cs_mm: float,
@@ -88,4 +99,4 @@ def first_peak_ctf_correction(img: np.ndarray, angpix: float, voltage_kV: float,
              - math.atan(q0 / math.sqrt(1 - q0 * q0)))
     ctf = np.where(np.abs(gamma) > math.pi / 2, 1.0, -np.sin(gamma))
     ctf = np.maximum(ctf, 0.07)
-    return np.fft.irfft2(np.fft.rfft2(img) / ctf, s=(n, n))
+    return _irfft2(_rfft2(img) / ctf, n)

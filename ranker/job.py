@@ -37,7 +37,22 @@ class Log:
 
 
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
-    """Everything between reading the inputs and renaming the outputs into place."""
+    """Everything between reading the inputs and renaming the outputs into place.
+
+    Torch is imported and the model loaded in a background process while data.star is
+    read, and the report is drawn in another while particles.star is written."""
+    from .background import Background, Inbox
+    from .model import score_when_ready
+
+    inbox = Inbox()
+    scorer = Background(score_when_ready, inbox, opts.model, opts.device, opts.threads)
+    try:
+        _run(opts, jobdir, log, scorer, inbox)
+    finally:
+        scorer.cancel()
+
+
+def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     from .class2d import latest_complete_iteration, read_class2d, resolve_optimiser
     from .particles import scan_particles, write_selected
     from . import outputs
@@ -78,7 +93,9 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     jobdir.check_abort()
 
     images = job.load_images()
+    from . import fourier
     from .features import compute_features
+    fourier.WORKERS = opts.threads
     fs = compute_features(job, images, parts.n_particles, parts.optics, parts.last_row, abort=jobdir.check_abort)
     for note in fs.notes:
         log(f"Note: {note}")
@@ -86,11 +103,10 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     log.stage("features and network images")
     jobdir.check_abort()
 
-    from .model import load_model
-    ranker = load_model(opts.model, device=opts.device, threads=opts.threads)
-    raw_scores = ranker.score(fs.vectors, fs.images)
+    inbox.put((fs.vectors, fs.images))
+    raw_scores, model_path, device = scorer.result()
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
-    log(f"  model {ranker.path} on {ranker.device}")
+    log(f"  model {model_path} on {device}")
     log.stage("scores")
     jobdir.check_abort()
 
@@ -116,12 +132,18 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     if opts.write_features:
         outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
                                jobdir.file("features_images.mrcs"), job, fs, scores)
-    n_written = write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
-    log.stage("write STAR outputs")
-    jobdir.check_abort()
-
-    _write_report(jobdir, job, images, fs, scores, parts, sel, n_written, threshold_text, ranker.path)
-    log.stage("report (logfile.pdf, logfile.png)")
+    from .background import Background
+    n_selected = sum(parts.counts.get(k, 0) for k in sel.selected)
+    report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
+                        scores, parts, sel, n_selected, threshold_text, model_path)
+    try:
+        n_written = write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected,
+                                   abort=jobdir.check_abort)
+        log.stage("write STAR outputs")
+        report.result()
+    finally:
+        report.cancel()
+    log.stage("report (logfile.pdf, logfile.png), drawn while particles.star was written")
     jobdir.check_abort()
 
     nodes = [(jobdir.file("particles.star"), protocol.NODE_PARTICLES),
@@ -145,7 +167,8 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     log(f"Total time: {time.perf_counter() - log.t0:.2f} s")
 
 
-def _write_report(jobdir, job, images, fs, scores, parts, sel, n_written, threshold_text, model_path) -> None:
+def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, n_written, threshold_text,
+                  model_path) -> None:
     from .features import network_image
     from .report import rejection_reason, write_report
 
@@ -165,7 +188,7 @@ def _write_report(jobdir, job, images, fs, scores, parts, sel, n_written, thresh
                "particles_kept": n_written, "classes_in": job.nr_classes, "classes_kept": len(sel.selected),
                "classes_scored": len(scores), "threshold": sel.min_score, "threshold_text": threshold_text,
                "model": model_path}
-    write_report(jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), entries, summary)
+    write_report(pdf_path, png_path, entries, summary)
 
 
 def main(argv: list[str] | None = None) -> int:

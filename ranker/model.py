@@ -105,6 +105,16 @@ class Ranker:
         return np.concatenate(out).astype(np.float32)
 
 
+def score_when_ready(inbox, path, device, threads):
+    """Load the model now, then score what arrives in ``inbox`` ((vectors, images)).
+
+    Meant to run in a :class:`ranker.background.Background` process, so that importing
+    torch overlaps with reading data.star. Returns (scores, path, device)."""
+    ranker = load_model(path, device=device, threads=threads)
+    vectors, images = inbox.get()
+    return ranker.score(vectors, images), ranker.path, ranker.device
+
+
 def dihedral_views(imgs):
     """The 8 rotations/flips of a (B, 1, H, W) image batch."""
     import torch
