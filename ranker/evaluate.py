@@ -27,26 +27,33 @@ from .metrics import roc_auc, selection_vs_oracle
 from .threshold import auto_threshold
 
 
-def _job_rows(project: str):
-    """All non-empty classes of a job: (n_particles, n_true) from class_truth.csv."""
+def _job_rows(project: str, ignore_kinds=()):
+    """All non-empty classes of a job: (n_particles, n_true) from class_truth.csv, leaving
+    out the particles of ``ignore_kinds`` (e.g. "partial")."""
     import csv
     import os
     rows = list(csv.DictReader(open(os.path.join(project, "class_truth.csv"))))
-    return {int(r["class_number"]): (float(r["n_particles"]), float(r["n_good"])) for r in rows
-            if float(r["n_particles"]) > 0}
+    out = {}
+    for r in rows:
+        n = float(r["n_particles"]) - sum(float(r.get(f"n_{k}") or 0) for k in ignore_kinds)
+        if n > 0:
+            out[int(r["class_number"])] = (n, float(r["n_good"]))
+    return out
 
 
-def evaluate(projects, model_path=None, log=print) -> dict:
+def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) -> dict:
     from .model import load_model
 
     ranker = load_model(model_path, device="cpu")
+    if tta is not None:
+        ranker.tta = tta
     per_job, pooled_scores, pooled_purity, pooled_n = [], [], [], []
     sums = {"0.5": {}, "auto": {}}
     for project in projects:
         data = from_truth_job(project)
         scores = ranker.score(data.vectors, data.images)
         by_class = dict(zip(data.class_number, scores))
-        classes = _job_rows(project)
+        classes = _job_rows(project, ignore_kinds)
         numbers = sorted(classes)
         n = np.array([classes[k][0] for k in numbers])
         t = np.array([classes[k][1] for k in numbers])
@@ -68,7 +75,8 @@ def evaluate(projects, model_path=None, log=print) -> dict:
         pooled_n += list(n[scored])
     ps, pp, pn = map(np.array, (pooled_scores, pooled_purity, pooled_n))
     clear = (pp >= 0.8) | (pp <= 0.2)
-    result = {"jobs": per_job, "pooled_auc": roc_auc(ps[clear], pp[clear] >= 0.8), "model": ranker.path}
+    result = {"jobs": per_job, "pooled_auc": roc_auc(ps[clear], pp[clear] >= 0.8), "model": ranker.path,
+              "tta": ranker.tta, "ignored": list(ignore_kinds)}
     for name in sums:
         tot = sums[name]
         result[name] = {"true_kept_vs_oracle": tot["true_kept"] / max(tot["oracle_true_kept"], 1),
@@ -86,7 +94,7 @@ def evaluate(projects, model_path=None, log=print) -> dict:
 
 
 def to_markdown(r: dict) -> str:
-    out = [f"Model: `{r['model']}`", "",
+    out = [f"Model: `{r['model']}`" + (" (scores averaged over 8 rotations/flips)" if r.get("tta") else ""), "",
            "| job | classes | good / bad | AUC | thr 0.5: true kept / junk removed (vs oracle) | auto thr | auto: true kept / junk removed |",
            "|---|---|---|---|---|---|---|"]
     for j in r["jobs"]:
@@ -94,6 +102,8 @@ def to_markdown(r: dict) -> str:
         out.append(f"| {j['job'].rstrip('/').split('/')[-1]} | {j['n_classes']} | {j['n_good']} / {j['n_bad']} | "
                    f"{j['auc']:.3f} | {a['true_kept_vs_oracle']:.3f} / {a['junk_removed_vs_oracle']:.3f} | "
                    f"{b['threshold']:.2f} | {b['true_kept_vs_oracle']:.3f} / {b['junk_removed_vs_oracle']:.3f} |")
+    if r.get("ignored"):
+        out += ["", f"Particles of kind {', '.join(r['ignored'])} are left out of every count and purity."]
     out += ["", f"Pooled AUC (good >= 80 % vs bad <= 20 % true particles): **{r['pooled_auc']:.3f}**", ""]
     for name in ("0.5", "auto"):
         m = r[name]
@@ -112,8 +122,14 @@ def main(argv=None) -> int:
     p.add_argument("jobs", nargs="+")
     p.add_argument("--model", default=None, help="weights (default: the shipped model)")
     p.add_argument("--out", help="also write the Markdown report here")
+    p.add_argument("--tta", choices=["model", "on", "off"], default="model",
+                   help="test-time averaging over 8 rotations/flips: as stored in the model, or forced on/off")
+    p.add_argument("--ignore_kinds", default="", help="comma-separated junk kinds to leave out of the counts "
+                   "(e.g. partial: fragments of the complex, which no per-class ranker can tell from a small protein)")
     args = p.parse_args(argv)
-    report = to_markdown(evaluate(args.jobs, args.model))
+    kinds = tuple(k for k in args.ignore_kinds.split(",") if k)
+    report = to_markdown(evaluate(args.jobs, args.model, tta={"model": None, "on": True, "off": False}[args.tta],
+                                  ignore_kinds=kinds))
     print(report)
     if args.out:
         open(args.out, "w").write(report)

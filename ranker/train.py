@@ -78,8 +78,35 @@ def _augment(torch, images, gen):
     return out
 
 
+def sample_weights(data: LabelledClasses, by_particles: bool) -> np.ndarray:
+    """Per-class loss weights, mean 1 over the data: sqrt(particles in the class) when
+    ``by_particles`` (selection quality is counted in particles), else all 1."""
+    if not by_particles:
+        return np.ones(len(data), np.float32)
+    n = np.nan_to_num(data.n_particles, nan=np.nanmedian(data.n_particles) if np.isfinite(data.n_particles).any() else 1)
+    w = np.sqrt(np.maximum(n, 1.0))
+    return (w / w.mean()).astype(np.float32)
+
+
+def decision_accuracy(scores, n_particles, n_true, targets) -> float:
+    """Fraction of validation particles whose class gets the oracle's keep/reject decision
+    at threshold 0.5 (keep = at least half true particles). Uses the targets where the
+    truth counts are unknown (user selections)."""
+    n = np.nan_to_num(np.asarray(n_particles, float), nan=1.0)
+    truth = np.where(np.isfinite(n_true), np.asarray(n_true, float) / np.maximum(n, 1), targets)
+    agree = (np.asarray(scores) >= 0.5) == (truth >= 0.5)
+    return float((agree * n).sum() / n.sum())
+
+
+def epoch_score(entry: dict) -> float:
+    """How good an epoch is on validation: decision accuracy + AUC (- MSE if no AUC)."""
+    auc = entry["val_auc"]
+    return entry["val_decision"] + (auc if not np.isnan(auc) else -entry["val_mse"])
+
+
 def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weight_decay=1e-4, batch=64,
-          dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print):
+          dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print,
+          weight_by_particles: bool = False):
     """Train; returns (net, history). Validation AUC picks the epoch to keep."""
     import torch
     from .model import build_net, load_model
@@ -94,12 +121,13 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
     x_img = torch.from_numpy(data.images[:, None].astype(np.float32))
     x_vec = torch.from_numpy(data.vectors.astype(np.float32))
     y = torch.from_numpy(data.targets.astype(np.float32))
+    w = torch.from_numpy(sample_weights(data, weight_by_particles))
     tr = np.nonzero(train_mask)[0]
     va = np.nonzero(val_mask)[0]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     best, best_state, history = -1.0, None, []
     for epoch in range(epochs):
         net.train()
@@ -109,7 +137,7 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
             idx = order[s:s + batch]
             imgs = _augment(torch, x_img[idx], gen).to(device)
             logits = net(imgs, x_vec[idx].to(device))[:, 0]
-            loss = loss_fn(logits, y[idx].to(device))
+            loss = (loss_fn(logits, y[idx].to(device)) * w[idx].to(device)).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -123,7 +151,8 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
             yv = data.targets[va]
             entry["val_auc"] = roc_auc(p[(yv >= 0.8) | (yv <= 0.2)], yv[(yv >= 0.8) | (yv <= 0.2)] >= 0.8)
             entry["val_mse"] = float(np.mean((p - yv) ** 2))
-            score = -entry["val_mse"] if np.isnan(entry["val_auc"]) else entry["val_auc"] - entry["val_mse"]
+            entry["val_decision"] = decision_accuracy(p, data.n_particles[va], data.n_true[va], yv)
+            score = epoch_score(entry)
             if score > best:
                 best, best_state = score, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         history.append(entry)
@@ -141,8 +170,8 @@ def write_card(path: str, card: dict) -> None:
         json.dump(card, fh, indent=1, sort_keys=True, default=float)
     lines = [f"# Model card: {os.path.basename(path)}", "", f"Trained {card['date']} with `{card['command']}`.", ""]
     lines += ["| item | value |", "|---|---|"]
-    for key in ("seed", "epochs", "lr", "weight_decay", "batch", "dropout", "n_train_classes", "n_val_classes",
-                "n_train_jobs", "n_val_jobs", "best_epoch", "val_auc", "train_seconds"):
+    for key in ("seed", "epochs", "lr", "weight_decay", "batch", "dropout", "weight_by_particles", "n_train_classes",
+                "n_val_classes", "n_train_jobs", "n_val_jobs", "best_epoch", "val_auc", "val_decision", "train_seconds"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")
     lines += ["", "Target: fraction of true particles in the class (ranker.dataset.purity_target).", ""]
@@ -168,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val_fraction", type=float, default=0.2, help="for jobs with no split mark")
     p.add_argument("--tta", action="store_true", help="score with the mean over 8 rotations/flips")
+    p.add_argument("--weight_by_particles", action="store_true",
+                   help="weight each class in the loss by sqrt(its particle count)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -180,19 +211,21 @@ def main(argv=None) -> int:
     print(f"{int(train_mask.sum())} training classes from {len(set(np.array(data.job)[train_mask]))} jobs, "
           f"{int(val_mask.sum())} validation classes from {len(set(np.array(data.job)[val_mask]))} jobs")
     net, history = train(data, train_mask, val_mask, args.epochs, args.lr, args.weight_decay, args.batch,
-                         args.dropout, args.seed, args.init, args.threads, args.device)
+                         args.dropout, args.seed, args.init, args.threads, args.device,
+                         weight_by_particles=args.weight_by_particles)
     from .model import save_model
-    best = max((h for h in history if "val_auc" in h), key=lambda h: h["val_auc"] - h["val_mse"]
-               if not np.isnan(h["val_auc"]) else -h["val_mse"], default=history[-1])
+    best = max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
+            "weight_by_particles": args.weight_by_particles, "tta": args.tta,
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
             "n_train_jobs": len(set(np.array(data.job)[train_mask])),
             "n_val_jobs": len(set(np.array(data.job)[val_mask])),
             "train_jobs": sorted({os.path.basename(j) for j in np.array(data.job)[train_mask]}),
             "val_jobs": sorted({os.path.basename(j) for j in np.array(data.job)[val_mask]}),
-            "best_epoch": best["epoch"], "val_auc": best.get("val_auc"), "history": history,
+            "best_epoch": best["epoch"], "val_auc": best.get("val_auc"), "val_decision": best.get("val_decision"),
+            "history": history,
             "train_seconds": round(time.time() - t0, 1)}
     save_model(net, args.out, card, tta=args.tta)
     write_card(args.out, card)
