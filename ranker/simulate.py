@@ -56,7 +56,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -1193,7 +1192,8 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
         # shrink particles, classes and iterations together (floors 600, 4, 10) to fit the budget (s)
         def n_of(sp):
             return sp["n_good"] + sum(sp["junk"].values())
-        kmin = min(spec["K"], 6)
+        kmin = min(spec["K"], 4)
+        nmin = min(n_of(spec), 900)  # classes collapse more with few particles: shrink K and iterations first
         for _ in range(80):
             est = relion_seconds(box, n_of(spec), spec["K"], spec["n_iter"], spec["psi_step"], offr)
             if est <= budget:
@@ -1201,8 +1201,8 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
             if spec["psi_step"] < 16:
                 spec["psi_step"] = 16.0
                 continue
-            opts = [(w, k) for w, k, ok in ((2.0, "n", n_of(spec) * 0.93 >= 600), (0.8, "K", spec["K"] > kmin),
-                                            (2.0, "it", spec["n_iter"] > 10)) if ok]
+            opts = [(w, k) for w, k, ok in ((1.5, "n", n_of(spec) * 0.93 >= nmin), (1.0, "K", spec["K"] > kmin),
+                                            (3.0, "it", spec["n_iter"] > 10)) if ok]
             if not opts:
                 if spec["offset_range"] > 3:
                     spec["offset_range"] = offr = 3
@@ -1218,7 +1218,7 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None):
             else:
                 spec["n_iter"] -= 1
         # RELION 3.1 empties most classes when they would hold < ~50 particles each
-        spec["K"] = int(min(spec["K"], max(4, n_of(spec) // 50)))
+        spec["K"] = int(min(spec["K"], max(4, n_of(spec) // 60)))
         spec["n_mics"] = max(5, min(spec["n_mics"], n_of(spec) // 20))
         spec["est_refine_seconds"] = round(relion_seconds(box, n_of(spec), spec["K"], spec["n_iter"],
                                                           spec["psi_step"], spec["offset_range"]), 1)

@@ -1,0 +1,28 @@
+#!/bin/bash
+# Build (or resume) the labelled training corpus: N RELION-3.1 Class2D projects of simulated
+# particles + junk with per-particle / per-class truth (see ranker/simulate.py).
+#
+#   tools/make_corpus.sh [N_JOBS] [CORPUS_DIR]      (defaults: 200, ./corpus)
+#   env: PY (python with numpy, scipy, mrcfile, matplotlib; gemmi for mmCIF), SEED (1),
+#        BUDGET (estimated relion_refine seconds per job, 130), HELDOUT (4JSV job numbers, 8,28,48)
+#
+# In the background (one job at a time, niced, logs to CORPUS/make_corpus.log):
+#   setsid nohup tools/make_corpus.sh 200 corpus > corpus/make_corpus.log 2>&1 < /dev/null &
+# Progress:
+#   $PY -m ranker.simulate summary corpus [--jobs]
+# Restartable: finished jobs (CORPUS/jobNNNN/corpus_job.json) are skipped, a half-made
+# CORPUS/jobNNNN.tmp is rebuilt, failed jobs are logged in CORPUS/failed/ and skipped.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+N=${1:-200}
+CORPUS=${2:-$ROOT/corpus}
+PY=${PY:-python3}
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
+command -v relion_refine >/dev/null || { echo "relion_refine (RELION 3.1) not on PATH" >&2; exit 1; }
+mkdir -p "$CORPUS"
+cd "$ROOT"
+if [ ! -f "$CORPUS/_structures/structures.json" ]; then
+  nice -n 10 "$PY" "$ROOT/ranker/simulate.py" structures "$CORPUS/_structures"
+fi
+exec nice -n 10 "$PY" "$ROOT/ranker/simulate.py" many "$CORPUS" --n "$N" --structures "$CORPUS/_structures" \
+  --seed "${SEED:-1}" --budget "${BUDGET:-130}" --heldout "${HELDOUT:-8,28,48}"
