@@ -99,7 +99,7 @@ def to_markdown(r: dict) -> str:
            "|---|---|---|---|---|---|---|"]
     for j in r["jobs"]:
         a, b = j["0.5"], j["auto"]
-        out.append(f"| {j['job'].rstrip('/').split('/')[-1]} | {j['n_classes']} | {j['n_good']} / {j['n_bad']} | "
+        out.append(f"| {'/'.join(j['job'].rstrip('/').split('/')[-2:])} | {j['n_classes']} | {j['n_good']} / {j['n_bad']} | "
                    f"{j['auc']:.3f} | {a['true_kept_vs_oracle']:.3f} / {a['junk_removed_vs_oracle']:.3f} | "
                    f"{b['threshold']:.2f} | {b['true_kept_vs_oracle']:.3f} / {b['junk_removed_vs_oracle']:.3f} |")
     if r.get("ignored"):

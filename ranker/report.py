@@ -3,9 +3,10 @@
 
 Page 1 summarises the selection (particles and classes in/kept, threshold, score
 histogram with the threshold line). The following pages show every class sorted by score,
-``TILES_PER_PAGE`` to a page, each tile labelled with class number, score, particle
-count and resolution, framed green (selected) or red (rejected) with the main reason.
-Each page is one mosaic image plus text, so 300 classes take about a second.
+``TILES_PER_PAGE`` to a page, each tile labelled with class number, score, particle count
+and resolution, framed green (selected), red (rejected, with the main reason) or grey (not
+scored). Pages are drawn with Pillow (A4 at 100 dpi) and saved as one PDF: 300 classes
+take well under a second.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 
 COLS, ROWS = 6, 5
 TILES_PER_PAGE = COLS * ROWS
-TILE_PX = 64
-PNG_TILES = 60  # logfile.png shows the best classes; the PDF has them all
-GREEN, RED, GREY = "#1a9850", "#d73027", "#808080"
+PNG_TILES = 60
+TILE_PX = 96                      # tile size on the page (the 64x64 image, enlarged)
+PAGE_W, PAGE_H = 827, 1169        # A4 at 100 dpi
+GREEN, RED, GREY = (26, 152, 80), (215, 48, 39), (128, 128, 128)
 
 
 def rejection_reason(score, count, raw: dict | None, threshold: float) -> str:
@@ -37,90 +39,101 @@ def rejection_reason(score, count, raw: dict | None, threshold: float) -> str:
 
 
 def _tile(img: np.ndarray) -> np.ndarray:
+    """uint8 greyscale tile, contrast from the 1st-99th percentile."""
     lo, hi = np.percentile(img, [1, 99])
-    return np.clip((img - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(img)
+    scaled = np.clip((img - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(img)
+    return (scaled * 255).astype(np.uint8)
+
+
+def _fonts():
+    from PIL import ImageFont
+    return {size: ImageFont.load_default(size=size) for size in (11, 13, 16, 20)}
+
+
+def _colour(e) -> tuple:
+    return GREEN if e["selected"] else (GREY if e["score"] is None else RED)
+
+
+def _grid(entries: list[dict], cols: int, title: str, fonts, height: int | None = None):
+    """A page (PIL image) of tiles with labels."""
+    from PIL import Image, ImageDraw
+
+    cell_w, cell_h = max((PAGE_W - 40) // cols, TILE_PX + 40), TILE_PX + 52
+    rows = max(1, -(-len(entries) // cols))
+    page = Image.new("RGB", (max(PAGE_W, cols * cell_w + 40), height or (70 + rows * cell_h)), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((20, 20), title, fill="black", font=fonts[16])
+    for i, e in enumerate(entries):
+        r, c = divmod(i, cols)
+        x, y = 20 + c * cell_w + (cell_w - TILE_PX) // 2, 60 + r * cell_h
+        colour = _colour(e)
+        draw.rectangle([x - 4, y - 4, x + TILE_PX + 3, y + TILE_PX + 3], fill=colour)
+        tile = Image.fromarray(_tile(e["image"])).resize((TILE_PX, TILE_PX), Image.NEAREST)
+        page.paste(tile, (x, y))
+        score = "not scored" if e["score"] is None else f"score {e['score']:.2f}"
+        res = f"{e['resolution_A']:.1f} A" if e["resolution_A"] else "res n/a"
+        lines = [f"#{e['class_number']}  {score}", f"{e['count']} ptcls, {res}"]
+        if not e["selected"]:
+            lines.append(e["reason"][:30])
+        for j, line in enumerate(lines):
+            draw.text((x - 4, y + TILE_PX + 6 + 13 * j), line, fill=colour if j != 1 else "black", font=fonts[11])
+    return page
+
+
+def _summary(s: dict, scores: list[float], fonts):
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (PAGE_W, PAGE_H), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((60, 50), "relion_external_rank: ranked 2D classes", fill="black", font=fonts[20])
+    pin, pk = s["particles_in"], s["particles_kept"]
+    lines = [s.get("title", ""), f"Particles: {pk} of {pin} kept ({100 * pk / max(pin, 1):.1f} %)",
+             f"Classes: {s['classes_kept']} of {s['classes_in']} kept ({s['classes_scored']} scored)",
+             f"Score threshold: {s['threshold_text']}", f"Model: {s.get('model', '')}"]
+    for i, line in enumerate(lines):
+        draw.text((60, 100 + 26 * i), line, fill="black", font=fonts[13])
+    # histogram of scores, 20 bins over [0, 1]
+    x0, y0, w, h = 100, 330, 640, 320
+    counts, _ = np.histogram(scores, bins=20, range=(0, 1))
+    top = max(1, int(counts.max()))
+    draw.text((x0, y0 - 30), "Score histogram (classes per bin)", fill="black", font=fonts[13])
+    for b, n in enumerate(counts):
+        bh = int(h * n / top)
+        draw.rectangle([x0 + b * w // 20 + 2, y0 + h - bh, x0 + (b + 1) * w // 20 - 2, y0 + h], fill=GREY)
+    draw.line([x0, y0 + h, x0 + w, y0 + h], fill="black", width=2)
+    draw.line([x0, y0, x0, y0 + h], fill="black", width=2)
+    for t in range(6):
+        xt = x0 + t * w // 5
+        draw.text((xt - 8, y0 + h + 8), f"{t / 5:.1f}", fill="black", font=fonts[11])
+    draw.text((x0 - 30, y0 - 6), str(top), fill="black", font=fonts[11])
+    if s.get("threshold") is not None and -1 <= s["threshold"] <= 2:
+        xt = x0 + int(w * min(max(s["threshold"], 0), 1))
+        draw.line([xt, y0 - 10, xt, y0 + h], fill=RED, width=3)
+        draw.text((xt + 6, y0 - 10), f"threshold {s['threshold']:.2f}", fill=RED, font=fonts[13])
+    draw.text((x0, y0 + h + 40), "class score", fill="black", font=fonts[13])
+    draw.text((60, 760), "Tiles: green = selected, red = rejected (reason below the tile), grey = not scored.",
+              fill="black", font=fonts[13])
+    return page
 
 
 def write_report(pdf_path: str, png_path: str, entries: list[dict], summary: dict) -> None:
     """Write the PDF and PNG.
 
-    ``entries``: one dict per class with ``class_number``, ``image`` (64x64), ``score``
+    ``entries``: one dict per class with ``class_number``, ``image`` (2D array), ``score``
     (None if not scored), ``count``, ``resolution_A``, ``selected``, ``reason``.
     ``summary``: ``particles_in``, ``particles_kept``, ``classes_in``, ``classes_kept``,
-    ``threshold``, ``title``.
+    ``classes_scored``, ``threshold``, ``threshold_text``, ``title``, ``model``.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    matplotlib.rcParams["pdf.compression"] = 1  # zlib level: most of the time went into compressing
-    import matplotlib.pyplot as plt
-    from matplotlib.backends.backend_pdf import PdfPages
-
+    fonts = _fonts()
     order = sorted(entries, key=lambda e: (e["score"] is None, -(e["score"] or 0), e["class_number"]))
-    with PdfPages(pdf_path) as pdf:
-        fig = _summary_page(plt, summary, [e["score"] for e in entries if e["score"] is not None])
-        pdf.savefig(fig)
-        plt.close(fig)
-        pages = [order[i:i + TILES_PER_PAGE] for i in range(0, len(order), TILES_PER_PAGE)] or [[]]
-        for n, page in enumerate(pages, 1):
-            fig = _grid_page(plt, page, COLS, f"Classes by score, page {n} of {len(pages)}")
-            pdf.savefig(fig)
-            plt.close(fig)
+    chunks = [order[i:i + TILES_PER_PAGE] for i in range(0, len(order), TILES_PER_PAGE)] or [[]]
+    pages = [_summary(summary, [e["score"] for e in entries if e["score"] is not None], fonts)]
+    pages += [_grid(chunk, COLS, f"Classes by score, page {n} of {len(chunks)}", fonts, height=PAGE_H)
+              for n, chunk in enumerate(chunks, 1)]
+    with open(pdf_path, "wb") as fh:
+        pages[0].save(fh, format="PDF", save_all=True, append_images=pages[1:], resolution=100.0)
     shown = order[:PNG_TILES]
-    title = summary.get("title", "Ranked classes") + (f" (best {PNG_TILES} of {len(order)}; all in logfile.pdf)"
+    title = summary.get("title", "Ranked classes") + (f"  (best {PNG_TILES} of {len(order)}; all in logfile.pdf)"
                                                       if len(order) > PNG_TILES else "")
-    fig = _grid_page(plt, shown, 10, title)
-    fig.savefig(png_path, dpi=80, format="png", pil_kwargs={"compress_level": 1})
-    plt.close(fig)
-
-
-def _summary_page(plt, s: dict, scores: list[float]):
-    fig = plt.figure(figsize=(8.27, 11.69))
-    fig.text(0.08, 0.95, s.get("title", "relion_external_rank"), fontsize=11, weight="bold", wrap=True)
-    pin, pk = s["particles_in"], s["particles_kept"]
-    lines = [f"Particles: {pk} of {pin} kept ({100 * pk / max(pin, 1):.1f} %)",
-             f"Classes: {s['classes_kept']} of {s['classes_in']} kept ({s['classes_scored']} scored)",
-             f"Score threshold: {s['threshold_text']}", f"Model: {s.get('model', '')}"]
-    for i, line in enumerate(lines):
-        fig.text(0.08, 0.90 - 0.03 * i, line, fontsize=11)
-    ax = fig.add_axes([0.1, 0.45, 0.8, 0.3])
-    ax.hist(scores, bins=np.linspace(0, 1, 21), color=GREY, edgecolor="black")
-    if s.get("threshold") is not None:
-        ax.axvline(s["threshold"], color=RED, lw=2, label=f"threshold {s['threshold']:.2f}")
-        ax.legend()
-    ax.set_xlabel("class score")
-    ax.set_ylabel("classes")
-    ax.set_title("Score histogram")
-    return fig
-
-
-def _hex_rgb(colour: str) -> np.ndarray:
-    return np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
-
-
-def _grid_page(plt, page: list[dict], cols: int, title: str):
-    """One figure: an RGB mosaic (tiles framed in their colour) and one label per tile."""
-    rows = max(1, -(-len(page) // cols))
-    cell_h, cell_w = TILE_PX + 30, TILE_PX + 8  # room for the label under each tile
-    mosaic = np.ones((rows * cell_h, cols * cell_w, 3))
-    labels = []
-    for i, e in enumerate(page):
-        r, c = divmod(i, cols)
-        y, x = r * cell_h + 4, c * cell_w + 4
-        colour = GREEN if e["selected"] else (GREY if e["score"] is None else RED)
-        mosaic[y - 3:y + TILE_PX + 3, x - 3:x + TILE_PX + 3] = _hex_rgb(colour)
-        mosaic[y:y + TILE_PX, x:x + TILE_PX] = _tile(e["image"])[..., None]
-        score = "not scored" if e["score"] is None else f"score {e['score']:.2f}"
-        res = f"{e['resolution_A']:.1f} A" if e["resolution_A"] else "res n/a"
-        text = f"#{e['class_number']}  {score}\n{e['count']} ptcls, {res}"
-        if not e["selected"]:
-            text += "\n" + e["reason"][:34]
-        labels.append((x, y + TILE_PX + 6, text, colour))
-    height = 11.69 if cols == COLS else max(3.0, 1.45 * rows + 0.6)
-    fig = plt.figure(figsize=(8.27 if cols == COLS else 1.3 * cols, height))
-    ax = fig.add_axes([0.02, 0.02, 0.96, 0.93])
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_axis_off()
-    fig.suptitle(title, fontsize=12)
-    for x, y, text, colour in labels:
-        ax.text(x, y, text, fontsize=5.5, color=colour, va="top", linespacing=1.3)
-    return fig
+    with open(png_path, "wb") as fh:
+        _grid(shown, 10, title, fonts).save(fh, format="PNG", compress_level=1)

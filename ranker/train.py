@@ -106,8 +106,11 @@ def epoch_score(entry: dict) -> float:
 
 def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weight_decay=1e-4, batch=64,
           dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print,
-          weight_by_particles: bool = False):
-    """Train; returns (net, history). Validation AUC picks the epoch to keep."""
+          weight_by_particles: bool = False, keep_epoch: str = "last"):
+    """Train; returns (net, history). ``keep_epoch`` "last" keeps the final weights (the
+    learning rate has decayed to ~0 by then); "best" keeps the epoch with the best
+    validation score (:func:`epoch_score`), which is only as reliable as the validation set
+    is large."""
     import torch
     from .model import build_net, load_model
 
@@ -158,9 +161,14 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
         history.append(entry)
         if (epoch + 1) % 10 == 0 or epoch == 0:
             log("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
-    if best_state is not None:
+    if keep_epoch == "best" and best_state is not None:
         net.load_state_dict(best_state)
     return net.cpu().eval(), history
+
+
+def _short(job: str) -> str:
+    """A job's folder and its parent (corpus/job0008), enough to tell corpora apart."""
+    return "/".join(os.path.normpath(job).split(os.sep)[-2:])
 
 
 def write_card(path: str, card: dict) -> None:
@@ -171,7 +179,8 @@ def write_card(path: str, card: dict) -> None:
     lines = [f"# Model card: {os.path.basename(path)}", "", f"Trained {card['date']} with `{card['command']}`.", ""]
     lines += ["| item | value |", "|---|---|"]
     for key in ("seed", "epochs", "lr", "weight_decay", "batch", "dropout", "weight_by_particles", "n_train_classes",
-                "n_val_classes", "n_train_jobs", "n_val_jobs", "best_epoch", "val_auc", "val_decision", "train_seconds"):
+                "n_val_classes", "n_train_jobs", "n_val_jobs", "keep_epoch", "kept_epoch", "val_auc", "val_decision",
+                "train_seconds"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")
     lines += ["", "Target: fraction of true particles in the class (ranker.dataset.purity_target).", ""]
@@ -197,6 +206,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val_fraction", type=float, default=0.2, help="for jobs with no split mark")
     p.add_argument("--tta", action="store_true", help="score with the mean over 8 rotations/flips")
+    p.add_argument("--keep_epoch", choices=["last", "best"], default="last",
+                   help="weights of the last epoch, or of the best validation epoch")
     p.add_argument("--weight_by_particles", action="store_true",
                    help="weight each class in the loss by sqrt(its particle count)")
     p.add_argument("--threads", type=int, default=2)
@@ -212,9 +223,10 @@ def main(argv=None) -> int:
           f"{int(val_mask.sum())} validation classes from {len(set(np.array(data.job)[val_mask]))} jobs")
     net, history = train(data, train_mask, val_mask, args.epochs, args.lr, args.weight_decay, args.batch,
                          args.dropout, args.seed, args.init, args.threads, args.device,
-                         weight_by_particles=args.weight_by_particles)
+                         weight_by_particles=args.weight_by_particles, keep_epoch=args.keep_epoch)
     from .model import save_model
-    best = max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
+    best = (max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
+            if args.keep_epoch == "best" else history[-1])
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
@@ -222,14 +234,15 @@ def main(argv=None) -> int:
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
             "n_train_jobs": len(set(np.array(data.job)[train_mask])),
             "n_val_jobs": len(set(np.array(data.job)[val_mask])),
-            "train_jobs": sorted({os.path.basename(j) for j in np.array(data.job)[train_mask]}),
-            "val_jobs": sorted({os.path.basename(j) for j in np.array(data.job)[val_mask]}),
-            "best_epoch": best["epoch"], "val_auc": best.get("val_auc"), "val_decision": best.get("val_decision"),
+            "train_jobs": sorted({_short(j) for j in np.array(data.job)[train_mask]}),
+            "val_jobs": sorted({_short(j) for j in np.array(data.job)[val_mask]}),
+            "keep_epoch": args.keep_epoch, "kept_epoch": best["epoch"], "val_auc": best.get("val_auc"), "val_decision": best.get("val_decision"),
             "history": history,
             "train_seconds": round(time.time() - t0, 1)}
     save_model(net, args.out, card, tta=args.tta)
     write_card(args.out, card)
-    print(f"wrote {args.out} (best epoch {best['epoch']}, validation AUC {best.get('val_auc')})")
+    print(f"wrote {args.out} (epoch {best['epoch']}, validation AUC {best.get('val_auc')}, "
+          f"decision accuracy {best.get('val_decision')})")
     return 0
 
 
