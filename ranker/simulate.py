@@ -123,45 +123,11 @@ def write_star(path, blocks):
 
 
 def read_star_loop(path, block):
-    """Read the loop of ``data_<block>``; returns (columns without '_', rows as lists of str)."""
-    cols, rows, inblock, inloop = [], [], False, False
-    with open(path) as f:
-        for line in f:
-            s = line.strip()
-            if s.startswith("data_"):
-                if inblock:
-                    break
-                inblock = s == "data_" + block
-                continue
-            if not inblock or not s or s.startswith("#"):
-                continue
-            if s.startswith("loop_"):
-                inloop = True
-            elif s.startswith("_"):
-                cols.append(s.split()[0][1:])
-            elif inloop:
-                rows.append(s.split())
-    return cols, rows
+    """The loop of ``data_<block>``: (column labels without '_', rows as lists of str)."""
+    from ranker.star import read_star
 
-
-def read_star_pairs(path, block):
-    """Read the key/value pairs (non-loop) of ``data_<block>`` into a dict of str."""
-    out, inblock = {}, False
-    with open(path) as f:
-        for line in f:
-            s = line.strip()
-            if s.startswith("data_"):
-                if inblock:
-                    break
-                inblock = s == "data_" + block
-                continue
-            if inblock and s.startswith("_"):
-                p = s.split()
-                if len(p) >= 2:
-                    out[p[0][1:]] = p[1]
-            if inblock and s.startswith("loop_"):
-                break
-    return out
+    tab = read_star(path)[block]
+    return tab.labels, tab.rows
 
 
 def save_mrc(path, data, angpix):

@@ -168,32 +168,11 @@ def job_log(root: str, jobdir: str, tail: int = 3000) -> str:
 # reading default_pipeline.star (a small, independent reader: the tests check what RELION wrote)
 # --------------------------------------------------------------------------------------------
 def read_star_tables(path: str) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """All blocks of a small STAR file: name -> (labels, rows); a key/value block has one row."""
-    tables: dict[str, tuple[list[str], list[list[str]]]] = {}
-    name = None
-    labels: list[str] = []
-    rows: list[list[str]] = []
-    in_loop = False
-    with open(path) as fh:
-        for raw in fh:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("data_"):
-                name, labels, rows, in_loop = line[5:], [], [], False
-                tables[name] = (labels, rows)
-            elif line.startswith("loop_"):
-                in_loop = True
-            elif line.startswith("_"):
-                parts = line.split()
-                labels.append(parts[0][1:])
-                if not in_loop and len(parts) > 1:
-                    if not rows:
-                        rows.append([])
-                    rows[0].append(parts[1])
-            elif in_loop and name is not None:
-                rows.append(shlex.split(line))
-    return tables
+    """All blocks of a small STAR file: name -> (labels, rows); a key/value block has one row.
+    (The product's reader, ranker.star, does the parsing.)"""
+    from ranker.star import read_star
+
+    return {name: (b.labels, b.rows) for name, b in read_star(path).items()}
 
 
 def read_pipeline(root: str) -> dict:

@@ -22,7 +22,7 @@ command -v relion_refine >/dev/null || { echo "relion_refine (RELION 3.1) not on
 mkdir -p "$CORPUS"
 cd "$ROOT"
 if [ ! -f "$CORPUS/_structures/structures.json" ]; then
-  nice -n 10 "$PY" "$ROOT/ranker/simulate.py" structures "$CORPUS/_structures"
+  nice -n 10 "$PY" -m ranker.simulate structures "$CORPUS/_structures"
 fi
-exec nice -n 10 "$PY" "$ROOT/ranker/simulate.py" many "$CORPUS" --n "$N" --structures "$CORPUS/_structures" \
+exec nice -n 10 "$PY" -m ranker.simulate many "$CORPUS" --n "$N" --structures "$CORPUS/_structures" \
   --seed "${SEED:-1}" --budget "${BUDGET:-130}" --heldout "${HELDOUT:-8,28,48}"
