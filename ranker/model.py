@@ -34,6 +34,15 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 _RELION_UNUSED_HEADS = ("classifier_images.", "classifier_features.")
 
 
+def relion5_checkpoint() -> str:
+    """Where RELION-5's class ranker keeps its downloaded v1.0 checkpoint
+    (``$TORCH_HOME/hub/checkpoints/relion_class_ranker/v1.0.ckpt``, TORCH_HOME defaulting
+    to ``$XDG_CACHE_HOME/torch`` or ``~/.cache/torch``). ``--model relion5`` means this file."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    return os.path.join(torch_home, "hub", "checkpoints", "relion_class_ranker", "v1.0.ckpt")
+
+
 class ModelError(ValueError):
     """A weights file cannot be used: the message names the file and the problem."""
 
@@ -161,6 +170,8 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
     import torch
 
     path = path or DEFAULT_MODEL
+    if path == "relion5":
+        path = relion5_checkpoint()
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     if not os.path.isfile(path):

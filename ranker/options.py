@@ -49,7 +49,8 @@ SPEC = {
     "select_min_nr_classes": ("select_min_nr_classes", "int", "add best classes until this many classes (-1 off)"),
     "relative_thresholds": ("relative_thresholds", "flag", "thresholds are fractions of the best score"),
     "device": ("device", "str", "auto, cpu, cuda or cuda:N"),
-    "model": ("model", "str", "weights file (default: the shipped model in models/)"),
+    "model": ("model", "str", "weights file (default: the shipped model in models/); 'relion5' = RELION-5's "
+                              "downloaded v1.0.ckpt in $TORCH_HOME/hub/checkpoints/relion_class_ranker/"),
     "write_features": ("write_features", "flag", "also write features.star and features_images.mrcs"),
     "pipeline_control": (None, "str", "added by RELION; names the job directory"),
 }

@@ -125,3 +125,14 @@ def test_save_model_roundtrip(tmp_path):
     assert r.card == {"seed": 3} and r.tta and r.output == "sigmoid"
     for k, v in net.state_dict().items():
         assert torch.equal(v, r.net.state_dict()[k])
+
+
+def test_model_relion5_means_the_torch_hub_checkpoint(tmp_path, monkeypatch):
+    """--model relion5 reads RELION-5's own download place, $TORCH_HOME/hub/checkpoints/..."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    place = tmp_path / "th" / "hub" / "checkpoints" / "relion_class_ranker"
+    place.mkdir(parents=True)
+    _relion_style_checkpoint(str(place / "v1.0.ckpt"), str(tmp_path / "EXECUTED"))
+    r = load_model("relion5", device="cpu")
+    assert r.path == str(place / "v1.0.ckpt") and r.output == "identity"
+    assert not (tmp_path / "EXECUTED").exists()
