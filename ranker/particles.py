@@ -17,6 +17,7 @@ and CRLF line ends.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import os
 from collections import Counter
@@ -53,18 +54,21 @@ def _is_particle_table(name: str, labels: list[str]) -> bool:
     return name == "particles" or (name != "optics" and "rlnImageName" in labels)
 
 
-def _class_of(token: bytes, path: str, lineno: int) -> int:
+def _class_of(token: bytes, path: str, lineno: int = 0) -> int:
+    """A class number token as int, or a StarError naming the file (and line, if known)."""
     try:
         return int(token)
     except ValueError:
-        try:
-            value = float(token)
-        except ValueError:
-            raise StarError(f"{path}: line {lineno}: rlnClassNumber {token.decode(errors='replace')!r} "
-                            "is not a number") from None
-        if value != int(value):
-            raise StarError(f"{path}: line {lineno}: rlnClassNumber {value} is not an integer")
-        return int(value)
+        pass
+    where = f"{path}: line {lineno}" if lineno else path
+    text = token.decode(errors="replace")
+    try:
+        value = float(token)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value):
+        raise StarError(f"{where}: rlnClassNumber {text!r} is not a whole number")
+    return int(value)
 
 
 def _split(line: bytes) -> list[bytes]:
@@ -225,7 +229,7 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
         raise StarError(f"{path}: no particle table (data_particles, or a table with _rlnImageName)")
     counts: Counter[int] = Counter()
     for token, n in token_counts.items():
-        counts[_class_of(token, path, 0)] += n
+        counts[_class_of(token, path)] += n
     n_particles = sum(counts.values())
     if n_particles == 0:
         raise StarError(f"{path}: the particle table has no rows (zero particles)")

@@ -22,12 +22,11 @@ def run_exe(args, **kw):
 
 def data_rows(path):
     """Particle rows (lines) of a data.star, in order, as bytes."""
-    rows, in_particles, labels_done = [], False, False
+    rows, in_particles = [], False
     for line in open(path, "rb"):
         s = line.strip()
         if s.startswith(b"data_"):
             in_particles = s == b"data_particles"
-            labels_done = False
         elif in_particles and s and not s.startswith((b"_", b"loop_", b"#")):
             rows.append(line)
     return rows

@@ -1,5 +1,4 @@
 """The ranked-classes report (logfile.pdf / logfile.png)."""
-import os
 import time
 
 import numpy as np

@@ -2,7 +2,6 @@
 inputs work; the job never touches the network."""
 import errno
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT, SIM_DATA, SIM_OPT, R5_DATA
+from conftest import ROOT, SIM_DATA, SIM_OPT
 from ranker import job as jobmod
 from ranker.star import StarError, format_block, parse_star
 from ranker.particles import scan_particles

@@ -1,7 +1,4 @@
 """STAR reading/writing and streaming particle selection on all RELION variants."""
-import io
-import os
-import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -136,3 +133,12 @@ def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, e
             assert summary.last_row["rlnImageName"] == f"{len(rows)}@stack.mrcs"
     finally:
         particles.CHUNK_BYTES = saved
+
+
+@pytest.mark.parametrize("token", ["inf", "nan", "2.5", "x"])
+def test_bad_class_number_is_our_error(tmp_path, token):
+    src = _write(tmp_path, HEADER31 + f"1@a.mrcs {token} m.mrc\n")
+    with pytest.raises(StarError, match="rlnClassNumber .* is not a whole number"):
+        scan_particles(src)
+    with pytest.raises(StarError, match="is not a whole number"):
+        write_selected(src, str(tmp_path / "o.star"), [1])

@@ -1,6 +1,5 @@
 """Training mechanics: labelled sources, job-wise split, reproducibility, fine-tuning."""
 import os
-import shutil
 
 import mrcfile
 import numpy as np
