@@ -108,8 +108,12 @@ class _Walker:
             return
         ncol = len(self.labels)
         ci = self.class_index
-        split = operator.methodcaller("split", None, ci + 1)
-        column = operator.itemgetter(ci)
+        if ncol - ci < ci + 1:  # split from the side nearer the class column: fewer splits
+            split = operator.methodcaller("rsplit", None, ncol - ci)
+            column = operator.itemgetter(1)
+        else:
+            split = operator.methodcaller("split", None, ci + 1)
+            column = operator.itemgetter(ci)
         while True:
             lines = fh.readlines(CHUNK_BYTES)
             if not lines:

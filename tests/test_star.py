@@ -113,10 +113,16 @@ def _reference_select(text: str, selected: set) -> str:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 6), st.sampled_from(["", "  ", "\t"]),
                           st.floats(-1e4, 1e4, allow_nan=False).map(lambda f: f"{f:.6f}")), min_size=1, max_size=40),
-       st.sets(st.integers(1, 6)), st.sampled_from(["\n", "\r\n"]))
-def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, eol):
-    body = "".join(f"{i}@stack.mrcs{pad} {k} {v}{eol}" for i, (k, pad, v) in enumerate(rows, 1))
-    text = HEADER31.replace("_rlnMicrographName #3", "_rlnDefocusU #3").replace("\n", eol) + body
+       st.sets(st.integers(1, 6)), st.sampled_from(["\n", "\r\n"]), st.booleans())
+def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, eol, class_last):
+    """Class column near the start (rows split from the left) or last (split from the right)."""
+    if class_last:
+        body = "".join(f"{i}@stack.mrcs{pad} {v} {k}{eol}" for i, (k, pad, v) in enumerate(rows, 1))
+        header = HEADER31.replace("_rlnClassNumber #2\n_rlnMicrographName #3", "_rlnDefocusU #2\n_rlnClassNumber #3")
+    else:
+        body = "".join(f"{i}@stack.mrcs{pad} {k} {v}{eol}" for i, (k, pad, v) in enumerate(rows, 1))
+        header = HEADER31.replace("_rlnMicrographName #3", "_rlnDefocusU #3")
+    text = header.replace("\n", eol) + body
     d = tmp_path_factory.mktemp("p")
     src = _write(d, text)
     out = str(d / "out.star")
