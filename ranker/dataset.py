@@ -39,6 +39,7 @@ class LabelledClasses:
     n_particles: np.ndarray
     n_true: np.ndarray
     split: list[str] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)  # majority kind from the truth ("" if unknown)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -53,14 +54,15 @@ class LabelledClasses:
             targets=np.concatenate([p.targets for p in parts]), job=sum((p.job for p in parts), []),
             class_number=sum((p.class_number for p in parts), []),
             n_particles=np.concatenate([p.n_particles for p in parts]),
-            n_true=np.concatenate([p.n_true for p in parts]), split=sum((p.split for p in parts), []))
+            n_true=np.concatenate([p.n_true for p in parts]), split=sum((p.split for p in parts), []),
+            kind=sum((p.kind or [""] * len(p) for p in parts), []))
 
     def subset(self, mask) -> "LabelledClasses":
         idx = np.nonzero(np.asarray(mask))[0]
         pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
         return LabelledClasses(self.vectors[idx], self.images[idx], self.targets[idx], pick(self.job),
                                pick(self.class_number), self.n_particles[idx], self.n_true[idx],
-                               pick(self.split) if self.split else [])
+                               pick(self.split) if self.split else [], pick(self.kind) if self.kind else [])
 
 
 def purity_target(frac_true: np.ndarray) -> np.ndarray:
@@ -104,14 +106,15 @@ def find_optimiser(project_dir: str) -> str:
     return os.path.relpath(found[-1], project_dir)
 
 
-def _build(job, parts, fs, targets_by_class, true_by_class, name, split) -> LabelledClasses:
+def _build(job, parts, fs, targets_by_class, true_by_class, name, split, kind_by_class=None) -> LabelledClasses:
     keep = [j for j, i in enumerate(fs.rows) if job.classes[i].class_number in targets_by_class]
     numbers = [job.classes[fs.rows[j]].class_number for j in keep]
     return LabelledClasses(
         vectors=fs.vectors[keep], images=fs.images[keep],
         targets=np.array([targets_by_class[k] for k in numbers], np.float32), job=[name] * len(keep),
         class_number=numbers, n_particles=np.array([parts.counts.get(k, 0) for k in numbers], float),
-        n_true=np.array([true_by_class.get(k, np.nan) for k in numbers], float), split=[split] * len(keep))
+        n_true=np.array([true_by_class.get(k, np.nan) for k in numbers], float), split=[split] * len(keep),
+        kind=[(kind_by_class or {}).get(k, "") for k in numbers])
 
 
 def from_truth_job(project_dir: str) -> LabelledClasses:
@@ -127,7 +130,8 @@ def from_truth_job(project_dir: str) -> LabelledClasses:
     split = json.load(open(meta_path)).get("split", "") if os.path.exists(meta_path) else ""
     job, parts, fs = featurise(find_optimiser(project_dir), project_dir)
     targets = {k: float(purity_target([v])[0]) for k, v in frac.items()}
-    return _build(job, parts, fs, targets, n_good, os.path.abspath(project_dir), split)
+    kinds = {int(r["class_number"]): r.get("majority_kind", "") for r in rows}
+    return _build(job, parts, fs, targets, n_good, os.path.abspath(project_dir), split, kinds)
 
 
 def from_selection(optimiser_path: str, selection_path: str, project_dir: str = ".") -> LabelledClasses:

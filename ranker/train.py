@@ -78,13 +78,18 @@ def _augment(torch, images, gen):
     return out
 
 
-def sample_weights(data: LabelledClasses, by_particles: bool) -> np.ndarray:
+def sample_weights(data: LabelledClasses, by_particles: bool, balance_kinds: bool = False) -> np.ndarray:
     """Per-class loss weights, mean 1 over the data: sqrt(particles in the class) when
-    ``by_particles`` (selection quality is counted in particles), else all 1."""
-    if not by_particles:
-        return np.ones(len(data), np.float32)
-    n = np.nan_to_num(data.n_particles, nan=np.nanmedian(data.n_particles) if np.isfinite(data.n_particles).any() else 1)
-    w = np.sqrt(np.maximum(n, 1.0))
+    ``by_particles`` (selection quality is counted in particles); with ``balance_kinds``
+    also 1/sqrt(frequency) of the class's majority kind (rare junk kinds count more)."""
+    w = np.ones(len(data))
+    if by_particles:
+        n = np.nan_to_num(data.n_particles, nan=np.nanmedian(data.n_particles) if np.isfinite(data.n_particles).any() else 1)
+        w *= np.sqrt(np.maximum(n, 1.0))
+    if balance_kinds and data.kind:
+        from collections import Counter
+        freq = Counter(data.kind)
+        w *= np.array([1 / np.sqrt(freq[k]) for k in data.kind])
     return (w / w.mean()).astype(np.float32)
 
 
@@ -106,7 +111,7 @@ def epoch_score(entry: dict) -> float:
 
 def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weight_decay=1e-4, batch=64,
           dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print,
-          weight_by_particles: bool = False, keep_epoch: str = "last"):
+          weight_by_particles: bool = False, keep_epoch: str = "last", balance_kinds: bool = False):
     """Train; returns (net, history). ``keep_epoch`` "last" keeps the final weights (the
     learning rate has decayed to ~0 by then); "best" keeps the epoch with the best
     validation score (:func:`epoch_score`), which is only as reliable as the validation set
@@ -124,7 +129,7 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
     x_img = torch.from_numpy(data.images[:, None].astype(np.float32))
     x_vec = torch.from_numpy(data.vectors.astype(np.float32))
     y = torch.from_numpy(data.targets.astype(np.float32))
-    w = torch.from_numpy(sample_weights(data, weight_by_particles))
+    w = torch.from_numpy(sample_weights(data, weight_by_particles, balance_kinds))
     tr = np.nonzero(train_mask)[0]
     va = np.nonzero(val_mask)[0]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -208,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--tta", action="store_true", help="score with the mean over 8 rotations/flips")
     p.add_argument("--keep_epoch", choices=["last", "best"], default="last",
                    help="weights of the last epoch, or of the best validation epoch")
+    p.add_argument("--balance_kinds", action="store_true",
+                   help="weight classes by 1/sqrt(frequency of their majority kind in the truth)")
     p.add_argument("--weight_by_particles", action="store_true",
                    help="weight each class in the loss by sqrt(its particle count)")
     p.add_argument("--threads", type=int, default=2)
@@ -223,14 +230,15 @@ def main(argv=None) -> int:
           f"{int(val_mask.sum())} validation classes from {len(set(np.array(data.job)[val_mask]))} jobs")
     net, history = train(data, train_mask, val_mask, args.epochs, args.lr, args.weight_decay, args.batch,
                          args.dropout, args.seed, args.init, args.threads, args.device,
-                         weight_by_particles=args.weight_by_particles, keep_epoch=args.keep_epoch)
+                         weight_by_particles=args.weight_by_particles, keep_epoch=args.keep_epoch,
+                         balance_kinds=args.balance_kinds)
     from .model import save_model
     best = (max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
             if args.keep_epoch == "best" else history[-1])
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
-            "weight_by_particles": args.weight_by_particles, "tta": args.tta,
+            "weight_by_particles": args.weight_by_particles, "balance_kinds": args.balance_kinds, "tta": args.tta,
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
             "n_train_jobs": len(set(np.array(data.job)[train_mask])),
             "n_val_jobs": len(set(np.array(data.job)[val_mask])),

@@ -83,3 +83,14 @@ def test_relion_training_layout(tmp_path):
     out = str(tmp_path / "m.pt")
     assert trainmod.main(["--relion_star", "features_normalized.star", "--project", str(tmp_path), "--out", out,
                           "--epochs", "1", "--threads", "1", "--val_fraction", "0"]) == 0
+
+
+def test_sample_weights():
+    d = LabelledClasses(np.zeros((4, 24)), np.zeros((4, 64, 64)), np.zeros(4), ["j"] * 4, [1, 2, 3, 4],
+                        np.array([100.0, 400.0, 100.0, 100.0]), np.full(4, np.nan), [""] * 4,
+                        ["good", "good", "good", "partial"])
+    assert np.allclose(trainmod.sample_weights(d, False), 1)
+    w = trainmod.sample_weights(d, True)
+    assert w[1] == pytest.approx(2 * w[0]) and w.mean() == pytest.approx(1)
+    k = trainmod.sample_weights(d, False, balance_kinds=True)
+    assert k[3] == pytest.approx(np.sqrt(3) * k[0])  # the rare kind counts sqrt(3) times more
