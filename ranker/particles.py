@@ -120,15 +120,20 @@ class _Walker:
                 return
             if self.abort is not None:
                 self.abort()
-            if self.class_index >= 0 and self.state == "rows" and self._plain(lines, ncol):
+            tail = []  # blank lines ending the file (RELION writes " \n") need not spoil the chunk
+            while lines and not lines[-1].strip():
+                tail.append(lines.pop())
+            tail.reverse()
+            if lines and self.class_index >= 0 and self.state == "rows" and self._plain(lines, ncol):
                 try:  # C-level iteration: about twice as fast as a comprehension
                     tokens = list(map(column, map(split, lines)))
+                except IndexError:
+                    tokens = None
+                if tokens is not None:
                     self.lineno += len(lines)
                     yield lines, tokens
-                    continue
-                except IndexError:
-                    pass
-            for line in lines:  # careful path
+                    lines = []
+            for line in lines + tail:  # careful path
                 tokens = self.feed(line)
                 yield [line], None if tokens is None or self.class_index < 0 else [tokens[self.class_index]]
 
