@@ -172,7 +172,10 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, n_wri
     from .features import network_image
     from .report import rejection_reason, write_report
 
-    thumbs = network_image(images, job.pixel_size_A, job.particle_diameter_A)
+    thumbs = {i: fs.images[j] for j, i in enumerate(fs.rows)}  # scored classes: images already made
+    unscored = [i for i in range(job.nr_classes) if i not in thumbs]
+    if unscored:
+        thumbs.update(zip(unscored, network_image(images[unscored], job.pixel_size_A, job.particle_diameter_A)))
     raw = {job.classes[i].class_number: fs.raw[j] for j, i in enumerate(fs.rows)}
     chosen = set(sel.selected)
     entries = []
