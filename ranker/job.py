@@ -53,6 +53,7 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
 
 
 def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
+    from .background import Background
     from .class2d import latest_complete_iteration, read_class2d, resolve_optimiser
     from .particles import scan_particles, write_selected
     from . import outputs
@@ -132,10 +133,8 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if opts.write_features:
         outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
                                jobdir.file("features_images.mrcs"), job, fs, scores)
-    from .background import Background
-    n_selected = sum(parts.counts.get(k, 0) for k in sel.selected)
     report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
-                        scores, parts, sel, n_selected, threshold_text, model_path)
+                        scores, parts, sel, threshold_text, model_path)
     try:
         n_written = write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected,
                                    abort=jobdir.check_abort)
@@ -167,8 +166,7 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     log(f"Total time: {time.perf_counter() - log.t0:.2f} s")
 
 
-def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, n_written, threshold_text,
-                  model_path) -> None:
+def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, threshold_text, model_path) -> None:
     from .features import network_image
     from .report import rejection_reason, write_report
 
@@ -188,7 +186,7 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, n_wri
                         "selected": k in chosen,
                         "reason": "" if k in chosen else rejection_reason(score or 0.0, count, raw.get(k), sel.min_score)})
     summary = {"title": f"relion_external_rank: {job.optimiser_path}", "particles_in": parts.n_particles,
-               "particles_kept": n_written, "classes_in": job.nr_classes, "classes_kept": len(sel.selected),
+               "particles_kept": sel.n_particles, "classes_in": job.nr_classes, "classes_kept": len(sel.selected),
                "classes_scored": len(scores), "threshold": sel.min_score, "threshold_text": threshold_text,
                "model": model_path}
     write_report(pdf_path, png_path, entries, summary)
