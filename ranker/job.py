@@ -17,8 +17,8 @@ from .options import OptionError, Options, parse_options, usage
 from .protocol import JobAborted, JobDir
 
 OUTPUT_NAMES = ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
-                "rank_optimiser.star", "features.star", "features_images.mrcs", "logfile.pdf", "logfile.png",
-                protocol.NODES_FILE)
+                "rank_optimiser.star", "rank_data.star", "features.star", "features_images.mrcs", "logfile.pdf",
+                "logfile.png", protocol.NODES_FILE)
 
 
 class Log:
@@ -127,7 +127,8 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
 
     rank_model = jobdir.file("rank_model.star")
     outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
-    outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model)
+    outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model, jobdir.file("rank_data.star"))
+    outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
     outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
     outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
     if opts.write_features:

@@ -9,6 +9,7 @@ Tables and labels follow RELION-5's ``relion_class_ranker --auto_select``
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 
@@ -50,14 +51,25 @@ def write_rank_model(path: str, job: Class2DJob, scores: dict[int, float]) -> No
     write_star(path, [format_block("model_classes", list(RANK_MODEL_COLUMNS), rows)])
 
 
-def write_rank_optimiser(path: str, job: Class2DJob, rank_model_path: str) -> None:
+def write_rank_optimiser(path: str, job: Class2DJob, rank_model_path: str, rank_data_path: str) -> None:
     """``rank_optimiser.star``: the input optimiser_general with the model replaced by
-    rank_model.star. The data STAR stays the input data.star (no copy of the particles)."""
+    rank_model.star and the data by rank_data.star, as RELION's ranker writes it."""
     labels = list(job.optimiser.labels)
     values = list(job.optimiser.rows[0])
     values[labels.index("rlnModelStarFile")] = rank_model_path
-    values[labels.index("rlnExperimentalDataStarFile")] = job.data_path
+    values[labels.index("rlnExperimentalDataStarFile")] = rank_data_path
     write_star(path, [format_block("optimiser_general", labels, [values], loop=False)])
+
+
+def write_rank_data(path: str, job: Class2DJob) -> None:
+    """``rank_data.star``: a copy of the input data.star (all particles), as RELION's ranker writes.
+
+    relion_display finds the particles of a class display by file name, not through the
+    optimiser: ``X_optimiser.star`` (RELION 4/5) and ``X_model.star`` (RELION 3.1) with
+    ``--class`` read ``X_data.star``. Without it the GUI's Display of rank_optimiser.star and a
+    Select job on it stop with "File .../rank_data.star does not exist". A byte copy, not a
+    link, so that editing it can never change the Class2D job's file."""
+    shutil.copyfile(job.data_path, path)
 
 
 def write_backup_selection(path: str, job: Class2DJob, selection: Selection) -> None:

@@ -43,8 +43,8 @@ def test_full_job_writes_every_output(sim_project, test_model):
     assert r.returncode == 0, r.stderr
     files = set(os.listdir(OUT))
     for name in ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
-                 "rank_optimiser.star", "RELION_OUTPUT_NODES.star", "RELION_JOB_EXIT_SUCCESS", "logfile.pdf",
-                 "logfile.png"):
+                 "rank_optimiser.star", "rank_data.star", "RELION_OUTPUT_NODES.star", "RELION_JOB_EXIT_SUCCESS",
+                 "logfile.pdf", "logfile.png"):
         assert name in files
     assert not [f for f in files if f.endswith(".part")]
     assert "3850 particles" in r.stdout and "Selected" in r.stdout and "pixel size 3 A" in r.stdout
@@ -62,7 +62,8 @@ def test_full_job_writes_every_output(sim_project, test_model):
     assert sum(s == -999 for s in scores) == 11 and all(0 <= s <= 1 for s in scores if s != -999)
     opt = read_star(OUT + "rank_optimiser.star")["optimiser_general"]
     assert opt.value("rlnModelStarFile") == OUT + "rank_model.star"
-    assert opt.value("rlnExperimentalDataStarFile") == SIM_DATA
+    assert opt.value("rlnExperimentalDataStarFile") == OUT + "rank_data.star"
+    assert open(OUT + "rank_data.star", "rb").read() == open(SIM_DATA, "rb").read()
 
 
 def test_particles_star_rows_are_byte_identical_and_in_order(sim_project, test_model, monkeypatch):
@@ -107,17 +108,25 @@ def test_outputs_match_relion5_autoselect(sim_project, test_model, monkeypatch):
 
 
 def test_display_order_is_by_score(sim_project, test_model, monkeypatch):
-    """What relion_display reads: class_averages.star rows are best-first (any RELION version);
-    rank_model.star keeps class order with rlnClassScore to sort on (RELION 4/5)."""
+    """What relion_display reads: class_averages.star rows are best-first (any RELION version).
+    rank_optimiser.star, as RELION 4/5's relion_display follows it (displayer.cpp): the classes from
+    the model_classes table of its rlnModelStarFile, in class order (``--class`` numbers classes by
+    row), sortable on rlnClassScore; the particles from the file named X_data.star beside
+    X_optimiser.star (RELION 3.1 does the same for X_model.star)."""
     fake_scores(monkeypatch, lambda k: np.array([0.9, 0.2, 0.95, 0.6, 0.7, 0.1, 0.8, 0.55, 0.65])[:k])
     assert jobmod.main(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model]) == 0
     ca = read_star(OUT + "class_averages.star")[""]
     scores = [float(s) for s in ca.column("rlnPredictedClassScore")]
     assert scores == sorted(scores, reverse=True) and len(scores) == 7
-    rm = read_star(OUT + "rank_model.star")["model_classes"]
+    opt_path = OUT + "rank_optimiser.star"
+    model_path = read_star(opt_path)["optimiser_general"].value("rlnModelStarFile")
+    rm = read_star(model_path)["model_classes"]
     assert [int(r.split("@")[0]) for r in rm.column("rlnReferenceImage")] == list(range(1, 21))
     by_score = sorted(zip(rm.float_column("rlnClassScore"), rm.column("rlnReferenceImage")), reverse=True)
     assert [r for _s, r in by_score[:7]] == ca.column("rlnReferenceImage")
+    for name in (opt_path.replace("_optimiser.star", "_data.star"), model_path.replace("_model.star", "_data.star")):
+        assert read_star(name)["particles"].column("rlnImageName") == read_star(SIM_DATA)["particles"].column(
+            "rlnImageName")
 
 
 def test_relion5_vdam_job(r5_project, test_model):
