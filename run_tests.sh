@@ -4,12 +4,16 @@
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
-if ! command -v relion_refine >/dev/null 2>&1; then
+# relion: relion_refine/_pipeliner/_scheduler; relion-gui: relion_display; xvfb: a screen for it
+if ! command -v relion_refine >/dev/null 2>&1 || ! command -v relion_display >/dev/null 2>&1 \
+   || ! command -v Xvfb >/dev/null 2>&1; then
+  PKGS="relion relion-gui xvfb"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get install -y -q relion >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q relion >/dev/null; }) \
-      || echo "run_tests.sh: could not install Debian's relion; tests marked 'relion' will fail" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    (apt-get install -y -q $PKGS >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $PKGS >/dev/null; }) \
+      || echo "run_tests.sh: could not install Debian's $PKGS; tests marked 'relion' will fail" >&2
   else
-    echo "run_tests.sh: relion_refine not found and not root: install Debian's relion (apt-get install relion)" >&2
+    echo "run_tests.sh: not root: install Debian's packages yourself (apt-get install $PKGS)" >&2
   fi
 fi
 PY="$HERE/.venv/bin/python"
