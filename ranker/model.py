@@ -9,7 +9,9 @@ Weights files are read with ``torch.load(weights_only=True)``: nothing in a weig
 is ever executed. Two layouts are accepted (:func:`load_model`):
 
 * ours: ``{"format": "relion_external_rank", "version": 1, "state_dict": ..., "output":
-  "sigmoid"|"identity", "tta": bool, "card": json-str}``;
+  "sigmoid"|"identity", "tta": bool, "image_norm": "none"|"per_image", "card": json-str}``,
+  optionally with ``"members": [state_dict, ...]``: an ensemble of networks of the same
+  layout (trained with different seeds) whose scores are averaged;
 * RELION-5's ``v1.0.ckpt``: ``{"model_state_dict": ..., "model_definition": <python
   source>}``. Only the state dict is used; the stored source is ignored, never run.
 
@@ -41,6 +43,26 @@ def relion5_checkpoint() -> str:
     torch_home = os.environ.get("TORCH_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
     return os.path.join(torch_home, "hub", "checkpoints", "relion_class_ranker", "v1.0.ckpt")
+
+
+IMAGE_NORMS = ("none", "per_image")
+
+
+def network_images(images: np.ndarray, image_norm: str = "none") -> np.ndarray:
+    """The image input of the network, float32 (K, 64, 64).
+
+    "none": the raw values, as RELION feeds its network (and its checkpoint expects).
+    "per_image": each image shifted to mean 0 and scaled to standard deviation 1, so that
+    the CNN sees shapes, not the intensity scale, which varies with SNR and particle number
+    from job to job (the 24 features still carry the intensities)."""
+    images = np.asarray(images, np.float32)
+    if image_norm == "none":
+        return images
+    if image_norm != "per_image":
+        raise ModelError(f"unknown image normalisation {image_norm!r}; use one of {', '.join(IMAGE_NORMS)}")
+    mean = images.mean(axis=(-2, -1), keepdims=True)
+    std = images.std(axis=(-2, -1), keepdims=True)
+    return ((images - mean) / (std + 1e-6)).astype(np.float32)
 
 
 class ModelError(ValueError):
@@ -82,25 +104,30 @@ def build_net(dropout: float = 0.0):
 
 @dataclass
 class Ranker:
-    """A loaded network ready to score. ``output`` is "sigmoid" (ours: logits -> [0, 1])
-    or "identity" (RELION's checkpoint: its raw output is the score)."""
+    """Loaded network(s) ready to score. ``output`` is "sigmoid" (ours: logits -> [0, 1])
+    or "identity" (RELION's checkpoint: its raw output is the score). ``members`` holds
+    every network of an ensemble (``net`` is the first)."""
 
     net: object
     path: str
     output: str = "sigmoid"
     tta: bool = False
+    image_norm: str = "none"
     card: dict = field(default_factory=dict)
     device: str = "cpu"
+    members: list = field(default_factory=list)
 
     def score(self, vectors: np.ndarray, images: np.ndarray, batch: int = 512) -> np.ndarray:
         """Scores (float32, shape (K,)) for normalised vectors (K, 24) and images (K, 64, 64).
 
-        With ``tta`` the score is the mean over the 8 rotations/flips of the image.
+        With ``tta`` the score is the mean over the 8 rotations/flips of the image; with an
+        ensemble, the mean over its members.
         """
         import torch
 
         if len(vectors) == 0:
             return np.zeros(0, np.float32)
+        images = network_images(images, self.image_norm)
         out = []
         with torch.inference_mode():
             for s in range(0, len(vectors), batch):
@@ -108,7 +135,7 @@ class Ranker:
                 imgs = torch.from_numpy(np.ascontiguousarray(images[s:s + batch], np.float32))[:, None]
                 imgs = imgs.to(self.device)
                 views = dihedral_views(imgs) if self.tta else [imgs]
-                logits = torch.stack([self.net(v, feats)[:, 0] for v in views])
+                logits = torch.stack([net(v, feats)[:, 0] for net in (self.members or [self.net]) for v in views])
                 scores = torch.sigmoid(logits) if self.output == "sigmoid" else logits
                 out.append(scores.mean(0).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
@@ -151,11 +178,15 @@ def _state_dict_from(obj, path: str):
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: not a relion_external_rank weights file or RELION class-ranker checkpoint")
     if obj.get("format") == FORMAT:
-        return obj["state_dict"], obj.get("output", "sigmoid"), bool(obj.get("tta", False)), \
+        image_norm = obj.get("image_norm", "none")
+        if image_norm not in IMAGE_NORMS:
+            raise ModelError(f"{path}: unknown image normalisation {image_norm!r}")
+        states = obj.get("members") or [obj["state_dict"]]
+        return states, obj.get("output", "sigmoid"), bool(obj.get("tta", False)), image_norm, \
             json.loads(obj.get("card", "{}"))
     if "model_state_dict" in obj:
         state = {k: v for k, v in obj["model_state_dict"].items() if not k.startswith(_RELION_UNUSED_HEADS)}
-        return state, "identity", False, {"source": "RELION class-ranker checkpoint (state dict only)"}
+        return [state], "identity", False, "none", {"source": "RELION class-ranker checkpoint (state dict only)"}
     raise ModelError(f"{path}: a torch file, but neither our weights format nor a RELION checkpoint "
                      f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
 
@@ -187,24 +218,33 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
                          f"and would need code to run ({first[:120]})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: not a readable torch weights file ({str(exc).splitlines()[0][:120]})") from None
-    state, output, tta, card = _state_dict_from(obj, path)
-    net = build_net()
-    try:
-        net.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ModelError(f"{path}: weights do not fit the ranker network "
-                         f"({str(exc).splitlines()[0][:160]})") from None
+    states, output, tta, image_norm, card = _state_dict_from(obj, path)
     dev = pick_device(device)
-    net.to(dev).eval()
-    return Ranker(net=net, path=path, output=output, tta=tta, card=card, device=dev)
+    nets = []
+    for state in states:
+        net = build_net()
+        try:
+            net.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{path}: weights do not fit the ranker network "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+        nets.append(net.to(dev).eval())
+    return Ranker(net=nets[0], path=path, output=output, tta=tta, image_norm=image_norm, card=card, device=dev,
+                  members=nets)
 
 
-def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = False) -> None:
-    """Save weights in our format (tensors and plain values only), atomically."""
+def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = False,
+               image_norm: str = "none") -> None:
+    """Save weights in our format (tensors and plain values only), atomically.
+    ``net``: one network, or a list of them (an ensemble; scores are averaged)."""
     import torch
 
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    nets = list(net) if isinstance(net, (list, tuple)) else [net]
+    states = [{k: v.detach().cpu().contiguous() for k, v in n.state_dict().items()} for n in nets]
+    obj = {"format": FORMAT, "version": 1, "state_dict": states[0], "output": output, "tta": bool(tta),
+           "image_norm": image_norm, "card": json.dumps(card, sort_keys=True)}
+    if len(states) > 1:
+        obj["members"] = states
     tmp = path + ".tmp"
-    torch.save({"format": FORMAT, "version": 1, "state_dict": state, "output": output,
-                "tta": bool(tta), "card": json.dumps(card, sort_keys=True)}, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)

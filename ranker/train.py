@@ -103,6 +103,14 @@ def decision_accuracy(scores, n_particles, n_true, targets) -> float:
     return float((agree * n).sum() / n.sum())
 
 
+def validation_metrics(p, data: LabelledClasses, val_mask) -> dict:
+    """AUC (good >= 0.8 vs bad <= 0.2 targets), MSE and decision accuracy of validation scores p."""
+    yv = data.targets[val_mask]
+    sure = (yv >= 0.8) | (yv <= 0.2)
+    return {"val_auc": roc_auc(p[sure], yv[sure] >= 0.8), "val_mse": float(np.mean((p - yv) ** 2)),
+            "val_decision": decision_accuracy(p, data.n_particles[val_mask], data.n_true[val_mask], yv)}
+
+
 def epoch_score(entry: dict) -> float:
     """How good an epoch is on validation: decision accuracy + AUC (- MSE if no AUC)."""
     auc = entry["val_auc"]
@@ -111,22 +119,25 @@ def epoch_score(entry: dict) -> float:
 
 def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weight_decay=1e-4, batch=64,
           dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print,
-          weight_by_particles: bool = False, keep_epoch: str = "last", balance_kinds: bool = False):
+          weight_by_particles: bool = False, keep_epoch: str = "last", balance_kinds: bool = False,
+          image_norm: str = "none", init_member: int = 0):
     """Train; returns (net, history). ``keep_epoch`` "last" keeps the final weights (the
     learning rate has decayed to ~0 by then); "best" keeps the epoch with the best
     validation score (:func:`epoch_score`), which is only as reliable as the validation set
-    is large."""
+    is large. ``image_norm``: how images enter the network (:func:`ranker.model.network_images`).
+    ``init_member``: which network of an ``init`` ensemble to start from (modulo its size)."""
     import torch
-    from .model import build_net, load_model
+    from .model import build_net, load_model, network_images
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     net = build_net(dropout)
     if init:
-        net.load_state_dict(load_model(init, device="cpu").net.state_dict())
+        members = load_model(init, device="cpu").members
+        net.load_state_dict(members[init_member % len(members)].state_dict())
     net.to(device)
-    x_img = torch.from_numpy(data.images[:, None].astype(np.float32))
+    x_img = torch.from_numpy(network_images(data.images, image_norm)[:, None])
     x_vec = torch.from_numpy(data.vectors.astype(np.float32))
     y = torch.from_numpy(data.targets.astype(np.float32))
     w = torch.from_numpy(sample_weights(data, weight_by_particles, balance_kinds))
@@ -156,10 +167,7 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
             net.eval()
             with torch.no_grad():
                 p = torch.sigmoid(net(x_img[va].to(device), x_vec[va].to(device))[:, 0]).cpu().numpy()
-            yv = data.targets[va]
-            entry["val_auc"] = roc_auc(p[(yv >= 0.8) | (yv <= 0.2)], yv[(yv >= 0.8) | (yv <= 0.2)] >= 0.8)
-            entry["val_mse"] = float(np.mean((p - yv) ** 2))
-            entry["val_decision"] = decision_accuracy(p, data.n_particles[va], data.n_true[va], yv)
+            entry.update(validation_metrics(p, data, va))
             score = epoch_score(entry)
             if score > best:
                 best, best_state = score, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -183,7 +191,8 @@ def write_card(path: str, card: dict) -> None:
         json.dump(card, fh, indent=1, sort_keys=True, default=float)
     lines = [f"# Model card: {os.path.basename(path)}", "", f"Trained {card['date']} with `{card['command']}`.", ""]
     lines += ["| item | value |", "|---|---|"]
-    for key in ("seed", "epochs", "lr", "weight_decay", "batch", "dropout", "weight_by_particles", "n_train_classes",
+    for key in ("seed", "ensemble", "epochs", "lr", "weight_decay", "batch", "dropout", "weight_by_particles", "image_norm",
+                "n_train_classes",
                 "n_val_classes", "n_train_jobs", "n_val_jobs", "keep_epoch", "kept_epoch", "val_auc", "val_decision",
                 "train_seconds"):
         if key in card:
@@ -217,9 +226,17 @@ def main(argv=None) -> int:
                    help="weight classes by 1/sqrt(frequency of their majority kind in the truth)")
     p.add_argument("--weight_by_particles", action="store_true",
                    help="weight each class in the loss by sqrt(its particle count)")
+    p.add_argument("--image_norm", choices=["none", "per_image"],
+                   help="network image input: raw values (RELION's) or per-image mean 0 / stddev 1 "
+                        "(default: as the --init model, else none)")
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="train N networks (seeds seed..seed+N-1) and average their scores")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.image_norm is None:
+        from .model import load_model
+        args.image_norm = load_model(args.init, device="cpu").image_norm if args.init else "none"
     t0 = time.time()
     data = load_sources(args)
     train_mask, val_mask = split_data(data, args.val_fraction, args.seed)
@@ -228,26 +245,38 @@ def main(argv=None) -> int:
         return 1
     print(f"{int(train_mask.sum())} training classes from {len(set(np.array(data.job)[train_mask]))} jobs, "
           f"{int(val_mask.sum())} validation classes from {len(set(np.array(data.job)[val_mask]))} jobs")
-    net, history = train(data, train_mask, val_mask, args.epochs, args.lr, args.weight_decay, args.batch,
-                         args.dropout, args.seed, args.init, args.threads, args.device,
-                         weight_by_particles=args.weight_by_particles, keep_epoch=args.keep_epoch,
-                         balance_kinds=args.balance_kinds)
-    from .model import save_model
+    nets, histories = [], []
+    for member in range(args.ensemble):
+        if args.ensemble > 1:
+            print(f"ensemble member {member + 1} of {args.ensemble} (seed {args.seed + member})")
+        net, history = train(data, train_mask, val_mask, args.epochs, args.lr, args.weight_decay, args.batch,
+                             args.dropout, args.seed + member, args.init, args.threads, args.device,
+                             weight_by_particles=args.weight_by_particles, keep_epoch=args.keep_epoch,
+                             balance_kinds=args.balance_kinds, image_norm=args.image_norm, init_member=member)
+        nets.append(net)
+        histories.append(history)
+    history = histories[0]
+    from .model import Ranker, save_model
     best = (max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
             if args.keep_epoch == "best" else history[-1])
+    if args.ensemble > 1 and val_mask.any():  # the ensemble's own validation figures
+        ens = Ranker(net=nets[0], path=args.out, image_norm=args.image_norm, members=nets)
+        best = dict(validation_metrics(ens.score(data.vectors[val_mask], data.images[val_mask]), data, val_mask),
+                    epoch=best["epoch"])
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
             "weight_by_particles": args.weight_by_particles, "balance_kinds": args.balance_kinds, "tta": args.tta,
+            "image_norm": args.image_norm, "ensemble": args.ensemble,
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
             "n_train_jobs": len(set(np.array(data.job)[train_mask])),
             "n_val_jobs": len(set(np.array(data.job)[val_mask])),
             "train_jobs": sorted({_short(j) for j in np.array(data.job)[train_mask]}),
             "val_jobs": sorted({_short(j) for j in np.array(data.job)[val_mask]}),
             "keep_epoch": args.keep_epoch, "kept_epoch": best["epoch"], "val_auc": best.get("val_auc"), "val_decision": best.get("val_decision"),
-            "history": history,
+            "history": history, "member_histories": histories[1:],
             "train_seconds": round(time.time() - t0, 1)}
-    save_model(net, args.out, card, tta=args.tta)
+    save_model(nets, args.out, card, tta=args.tta, image_norm=args.image_norm)
     write_card(args.out, card)
     print(f"wrote {args.out} (epoch {best['epoch']}, validation AUC {best.get('val_auc')}, "
           f"decision accuracy {best.get('val_decision')})")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranker.model import ModelError, build_net, load_model, save_model
+from ranker.model import ModelError, build_net, load_model, network_images, save_model
 
 RELION_KEYS_EXTRA = {  # heads RELION's v1.0 model holds but never uses in scoring
     "classifier_images.1.weight": (1, 48), "classifier_images.1.bias": (1,),
@@ -136,3 +136,24 @@ def test_model_relion5_means_the_torch_hub_checkpoint(tmp_path, monkeypatch):
     r = load_model("relion5", device="cpu")
     assert r.path == str(place / "v1.0.ckpt") and r.output == "identity"
     assert not (tmp_path / "EXECUTED").exists()
+
+
+def test_per_image_normalisation_is_stored_and_makes_scores_scale_invariant(tmp_path):
+    torch.manual_seed(3)
+    path = str(tmp_path / "norm.pt")
+    save_model(build_net(), path, card={}, image_norm="per_image")
+    ranker = load_model(path, device="cpu")
+    assert ranker.image_norm == "per_image"
+    rng = np.random.default_rng(0)
+    v, im = rng.normal(size=(5, 24)).astype(np.float32), rng.normal(size=(5, 64, 64)).astype(np.float32)
+    s = ranker.score(v, im)
+    assert np.allclose(ranker.score(v, 200 * im + 50), s, atol=1e-5)  # intensity scale and offset do not matter
+    normed = network_images(200 * im + 50, "per_image")
+    assert np.allclose(normed.mean(axis=(1, 2)), 0, atol=1e-4) and np.allclose(normed.std(axis=(1, 2)), 1, atol=1e-4)
+    with torch.no_grad():
+        expected = torch.sigmoid(ranker.net(torch.from_numpy(normed)[:, None], torch.from_numpy(v))[:, 0]).numpy()
+    assert np.allclose(s, expected, atol=1e-5)
+    torch.save({"format": "relion_external_rank", "version": 1, "state_dict": build_net().state_dict(),
+                "image_norm": "whiten"}, str(tmp_path / "bad.pt"))
+    with pytest.raises(ModelError, match="unknown image normalisation"):
+        load_model(str(tmp_path / "bad.pt"), device="cpu")

@@ -4,6 +4,7 @@ import os
 import mrcfile
 import numpy as np
 import pytest
+import torch
 
 from conftest import R5, SIM, SIM_OPT, copy_project
 from ranker import train as trainmod
@@ -94,3 +95,26 @@ def test_sample_weights():
     assert w[1] == pytest.approx(2 * w[0]) and w.mean() == pytest.approx(1)
     k = trainmod.sample_weights(d, False, balance_kinds=True)
     assert k[3] == pytest.approx(np.sqrt(3) * k[0])  # the rare kind counts sqrt(3) times more
+
+
+def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
+    out = str(tmp_path / "ens.pt")
+    assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0.5",
+                          "--threads", "1", "--ensemble", "2", "--image_norm", "per_image"]) == 0
+    r = load_model(out, device="cpu")
+    assert len(r.members) == 2 and r.image_norm == "per_image" and r.card["ensemble"] == 2
+    sa, sb = r.members[0].state_dict(), r.members[1].state_dict()
+    assert not all(torch.equal(sa[k], sb[k]) for k in sa)  # seeds differ
+    rng = np.random.default_rng(1)
+    v, im = rng.normal(size=(4, 24)).astype(np.float32), rng.normal(size=(4, 64, 64)).astype(np.float32)
+    singles = []
+    for net in r.members:
+        one = load_model(out, device="cpu")
+        one.members = [net]
+        singles.append(one.score(v, im))
+    assert np.allclose(r.score(v, im), np.mean(singles, axis=0), atol=1e-6)
+    # fine-tuning an ensemble keeps its image normalisation
+    tuned = str(tmp_path / "tuned.pt")
+    assert trainmod.main(["--jobs", SIM, "--init", out, "--out", tuned, "--epochs", "1", "--val_fraction", "0",
+                          "--threads", "1"]) == 0
+    assert load_model(tuned, device="cpu").image_norm == "per_image"
