@@ -27,9 +27,12 @@ from .metrics import roc_auc, selection_vs_oracle
 from .threshold import auto_threshold
 
 
+JUNK_KINDS = ("noise", "ice", "edge", "aggregate", "offcentre", "partial")
+
+
 def _job_rows(project: str, ignore_kinds=()):
-    """All non-empty classes of a job: (n_particles, n_true) from class_truth.csv, leaving
-    out the particles of ``ignore_kinds`` (e.g. "partial")."""
+    """All non-empty classes of a job: (n_particles, n_true, {junk kind: n}) from
+    class_truth.csv, leaving out the particles of ``ignore_kinds`` (e.g. "partial")."""
     import csv
     import os
     rows = list(csv.DictReader(open(os.path.join(project, "class_truth.csv"))))
@@ -37,7 +40,8 @@ def _job_rows(project: str, ignore_kinds=()):
     for r in rows:
         n = float(r["n_particles"]) - sum(float(r.get(f"n_{k}") or 0) for k in ignore_kinds)
         if n > 0:
-            out[int(r["class_number"])] = (n, float(r["n_good"]))
+            kinds = {k: float(r.get(f"n_{k}") or 0) for k in JUNK_KINDS if k not in ignore_kinds}
+            out[int(r["class_number"])] = (n, float(r["n_good"]), kinds)
     return out
 
 
@@ -49,6 +53,7 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
         ranker.tta = tta
     per_job, pooled_scores, pooled_purity, pooled_n = [], [], [], []
     sums = {"0.5": {}, "auto": {}}
+    missed = dict.fromkeys(JUNK_KINDS, 0.0)  # junk in classes the oracle removes but 0.5 keeps
     for project in projects:
         data = from_truth_job(project)
         scores = ranker.score(data.vectors, data.images)
@@ -59,6 +64,10 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
         t = np.array([classes[k][1] for k in numbers])
         purity = t / n
         s = np.array([by_class.get(k, -999.0) for k in numbers])
+        for k, keep, pure in zip(numbers, s >= 0.5, purity):
+            if keep and pure < 0.5:
+                for kind, count in classes[k][2].items():
+                    missed[kind] += count
         scored = s > -999
         clear = scored & ((purity >= 0.8) | (purity <= 0.2))
         auc = roc_auc(s[clear], purity[clear] >= 0.8)
@@ -90,6 +99,8 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
             table.append((lo, hi, int(inside.sum()), float(pp[inside].mean()),
                           float((pp[inside] * pn[inside]).sum() / pn[inside].sum())))
     result["reliability"] = table
+    total_missed = sum(missed.values())
+    result["junk_kept_by_kind"] = {k: v / total_missed for k, v in missed.items() if v}
     return result
 
 
@@ -110,6 +121,9 @@ def to_markdown(r: dict) -> str:
         out.append(f"- threshold {name}: true particles kept {100 * m['true_kept_vs_oracle']:.1f} % of the oracle's, "
                    f"junk removed {100 * m['junk_removed_vs_oracle']:.1f} % of the oracle's; junk no class "
                    f"selection can remove (inside majority-true classes): {100 * m['junk_unremovable_fraction']:.1f} % of all junk")
+    if r.get("junk_kept_by_kind"):
+        out.append("- junk that threshold 0.5 keeps but the oracle removes, by kind: " + ", ".join(
+            f"{k} {100 * v:.0f} %" for k, v in sorted(r["junk_kept_by_kind"].items(), key=lambda kv: -kv[1])))
     out += ["", "Reliability (scored classes pooled):", "", "| score bin | classes | mean purity | particle-weighted purity |",
             "|---|---|---|---|"]
     out += [f"| {lo:.1f}-{hi:.1f} | {n} | {p:.2f} | {w:.2f} |" for lo, hi, n, p, w in r["reliability"]]
