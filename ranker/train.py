@@ -229,14 +229,19 @@ def main(argv=None) -> int:
     p.add_argument("--image_norm", choices=["none", "per_image"],
                    help="network image input: raw values (RELION's) or per-image mean 0 / stddev 1 "
                         "(default: as the --init model, else none)")
-    p.add_argument("--ensemble", type=int, default=1,
-                   help="train N networks (seeds seed..seed+N-1) and average their scores")
+    p.add_argument("--ensemble", type=int,
+                   help="train N networks (seeds seed..seed+N-1) and average their scores "
+                        "(default: as many as the --init model has, else 1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    if args.image_norm is None:
+    if args.init:  # fine-tuning keeps the starting model's input convention and ensemble size
         from .model import load_model
-        args.image_norm = load_model(args.init, device="cpu").image_norm if args.init else "none"
+        start = load_model(args.init, device="cpu")
+        args.image_norm = args.image_norm or start.image_norm
+        args.ensemble = args.ensemble or len(start.members)
+    args.image_norm = args.image_norm or "none"
+    args.ensemble = args.ensemble or 1
     t0 = time.time()
     data = load_sources(args)
     train_mask, val_mask = split_data(data, args.val_fraction, args.seed)

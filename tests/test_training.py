@@ -113,8 +113,11 @@ def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
         one.members = [net]
         singles.append(one.score(v, im))
     assert np.allclose(r.score(v, im), np.mean(singles, axis=0), atol=1e-6)
-    # fine-tuning an ensemble keeps its image normalisation
+    # fine-tuning an ensemble keeps its image normalisation and its members, each from its own start
     tuned = str(tmp_path / "tuned.pt")
     assert trainmod.main(["--jobs", SIM, "--init", out, "--out", tuned, "--epochs", "1", "--val_fraction", "0",
-                          "--threads", "1"]) == 0
-    assert load_model(tuned, device="cpu").image_norm == "per_image"
+                          "--threads", "1", "--lr", "1e-9"]) == 0
+    t = load_model(tuned, device="cpu")
+    assert t.image_norm == "per_image" and len(t.members) == 2
+    for before, after in zip(r.members, t.members):
+        assert all(torch.allclose(before.state_dict()[k], after.state_dict()[k], atol=1e-5) for k in sa)
