@@ -60,18 +60,21 @@ def read_screen(fb_path):
     return pixels.reshape(height, bytes_per_line // 4, 4)[:, :width, 1]
 
 
-def display(screen, args, seconds=6.0):
-    """Run relion_display with args; return (still running after `seconds`, its output, screen)."""
+def display(screen, args, ready=None, timeout=30.0):
+    """Run relion_display with args until ``ready(screen image)`` holds, it exits, or ``timeout``
+    seconds pass. Returns (still running, its output, last screen image or None)."""
     env = dict(os.environ, DISPLAY=screen[0])
     proc = subprocess.Popen(["relion_display"] + args, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
+    deadline, shot = time.time() + timeout, None
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(1.0)
         shot = read_screen(screen[1])
-        proc.terminate()
-        return True, proc.communicate()[0], shot
-    return False, proc.communicate()[0], None
+        if ready is not None and ready(shot):
+            break
+    alive = proc.poll() is None
+    proc.terminate()
+    return alive, proc.communicate()[0], shot if alive else None
 
 
 def shown_classes(shot):
@@ -111,9 +114,10 @@ def ranked(sim_project, test_model, monkeypatch):
 
 
 def test_class_averages_display_best_first(screen, ranked):
-    alive, out, shot = display(screen, ["--i", OUT + "class_averages.star", "--display", "rlnReferenceImage"])
-    assert alive, out
     selected = [k for k, s in ranked.items() if s >= 0.5]
+    alive, out, shot = display(screen, ["--i", OUT + "class_averages.star", "--display", "rlnReferenceImage"],
+                               ready=lambda shot: len(shown_classes(shot)) >= len(selected))
+    assert alive, out
     assert shown_classes(shot) == sorted(selected, key=lambda k: -ranked[k]) and len(selected) == 7
 
 
@@ -122,10 +126,11 @@ def test_select_job_opens_rank_model_with_particles(screen, ranked):
     particles from the *_data.star beside it: rank_data.star must exist (RELION 4/5 do the same
     for rank_optimiser.star). Classes show in class order, as --class numbers them by row."""
     args = ["--i", OUT + "rank_model.star", "--class", "--display", "rlnReferenceImage"]
-    alive, out, shot = display(screen, args)
+    scored = {k for k, s in ranked.items() if s != -999}
+    alive, out, shot = display(screen, args, ready=lambda shot: scored <= set(shown_classes(shot)))
     assert alive, out
     shown = shown_classes(shot)
-    assert shown == sorted(shown) and set(k for k, s in ranked.items() if s != -999) <= set(shown)
+    assert shown == sorted(shown) and scored <= set(shown)
     os.remove(OUT + "rank_data.star")
-    alive, out, _ = display(screen, args)
+    alive, out, _ = display(screen, args, timeout=20)
     assert not alive and "rank_data.star does not exist" in out
