@@ -11,7 +11,9 @@ is ever executed. Two layouts are accepted (:func:`load_model`):
 * ours: ``{"format": "relion_external_rank", "version": 1, "state_dict": ..., "output":
   "sigmoid"|"identity", "tta": bool, "image_norm": "none"|"per_image", "card": json-str}``,
   optionally with ``"members": [state_dict, ...]``: an ensemble of networks of the same
-  layout (trained with different seeds) whose scores are averaged;
+  layout (trained with different seeds) whose scores are averaged, and ``"logit_shift"``:
+  added to the logit of the (averaged) score, so that 0.5 falls where the training data
+  put the best keep/reject threshold (``ranker.train --calibrate_folds``);
 * RELION-5's ``v1.0.ckpt``: ``{"model_state_dict": ..., "model_definition": <python
   source>}``. Only the state dict is used; the stored source is ignored, never run.
 
@@ -113,6 +115,7 @@ class Ranker:
     output: str = "sigmoid"
     tta: bool = False
     image_norm: str = "none"
+    logit_shift: float = 0.0
     card: dict = field(default_factory=dict)
     device: str = "cpu"
     members: list = field(default_factory=list)
@@ -121,7 +124,7 @@ class Ranker:
         """Scores (float32, shape (K,)) for normalised vectors (K, 24) and images (K, 64, 64).
 
         With ``tta`` the score is the mean over the 8 rotations/flips of the image; with an
-        ensemble, the mean over its members.
+        ensemble, the mean over its members; then ``logit_shift`` is applied.
         """
         import torch
 
@@ -138,7 +141,14 @@ class Ranker:
                 logits = torch.stack([net(v, feats)[:, 0] for net in (self.members or [self.net]) for v in views])
                 scores = torch.sigmoid(logits) if self.output == "sigmoid" else logits
                 out.append(scores.mean(0).float().cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
+        scores = np.concatenate(out).astype(np.float32)
+        return shift_scores(scores, self.logit_shift) if self.logit_shift else scores
+
+
+def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:
+    """sigmoid(logit(scores) + logit_shift), float32; a monotone map of (0, 1) onto itself."""
+    p = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
+    return (1 / (1 + np.exp(-(np.log(p / (1 - p)) + logit_shift)))).astype(np.float32)
 
 
 def score_when_ready(inbox, path, device, threads):
@@ -183,10 +193,10 @@ def _state_dict_from(obj, path: str):
             raise ModelError(f"{path}: unknown image normalisation {image_norm!r}")
         states = obj.get("members") or [obj["state_dict"]]
         return states, obj.get("output", "sigmoid"), bool(obj.get("tta", False)), image_norm, \
-            json.loads(obj.get("card", "{}"))
+            float(obj.get("logit_shift", 0.0)), json.loads(obj.get("card", "{}"))
     if "model_state_dict" in obj:
         state = {k: v for k, v in obj["model_state_dict"].items() if not k.startswith(_RELION_UNUSED_HEADS)}
-        return [state], "identity", False, "none", {"source": "RELION class-ranker checkpoint (state dict only)"}
+        return [state], "identity", False, "none", 0.0, {"source": "RELION class-ranker checkpoint (state dict only)"}
     raise ModelError(f"{path}: a torch file, but neither our weights format nor a RELION checkpoint "
                      f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
 
@@ -218,7 +228,7 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
                          f"and would need code to run ({first[:120]})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: not a readable torch weights file ({str(exc).splitlines()[0][:120]})") from None
-    states, output, tta, image_norm, card = _state_dict_from(obj, path)
+    states, output, tta, image_norm, logit_shift, card = _state_dict_from(obj, path)
     dev = pick_device(device)
     nets = []
     for state in states:
@@ -229,12 +239,12 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
             raise ModelError(f"{path}: weights do not fit the ranker network "
                              f"({str(exc).splitlines()[0][:160]})") from None
         nets.append(net.to(dev).eval())
-    return Ranker(net=nets[0], path=path, output=output, tta=tta, image_norm=image_norm, card=card, device=dev,
-                  members=nets)
+    return Ranker(net=nets[0], path=path, output=output, tta=tta, image_norm=image_norm, logit_shift=logit_shift,
+                  card=card, device=dev, members=nets)
 
 
 def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = False,
-               image_norm: str = "none") -> None:
+               image_norm: str = "none", logit_shift: float = 0.0) -> None:
     """Save weights in our format (tensors and plain values only), atomically.
     ``net``: one network, or a list of them (an ensemble; scores are averaged)."""
     import torch
@@ -242,7 +252,7 @@ def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = 
     nets = list(net) if isinstance(net, (list, tuple)) else [net]
     states = [{k: v.detach().cpu().contiguous() for k, v in n.state_dict().items()} for n in nets]
     obj = {"format": FORMAT, "version": 1, "state_dict": states[0], "output": output, "tta": bool(tta),
-           "image_norm": image_norm, "card": json.dumps(card, sort_keys=True)}
+           "image_norm": image_norm, "logit_shift": float(logit_shift), "card": json.dumps(card, sort_keys=True)}
     if len(states) > 1:
         obj["members"] = states
     tmp = path + ".tmp"

@@ -111,6 +111,43 @@ def validation_metrics(p, data: LabelledClasses, val_mask) -> dict:
             "val_decision": decision_accuracy(p, data.n_particles[val_mask], data.n_true[val_mask], yv)}
 
 
+def best_threshold(scores, data: LabelledClasses, mask, lo: float = 0.2, hi: float = 0.8) -> float:
+    """The score threshold in [lo, hi] whose keep/reject decisions agree with the oracle's
+    (keep a class iff >= 50 % of its particles are real; the target where truth counts are
+    unknown) for the most particles. Ties go to the threshold nearest 0.5."""
+    s = np.asarray(scores, float)
+    cuts = np.unique(np.clip(np.r_[0.5, (np.sort(s)[1:] + np.sort(s)[:-1]) / 2], lo, hi))
+    acc = [decision_accuracy(s >= t, data.n_particles[mask], data.n_true[mask], data.targets[mask]) for t in cuts]
+    best = max(acc)
+    return float(min((t for t, a in zip(cuts, acc) if a >= best - 1e-12), key=lambda t: abs(t - 0.5)))
+
+
+def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=print, **train_kwargs):
+    """Out-of-fold calibration of the 0.5 threshold: ``folds`` networks, each trained on the
+    training jobs outside one fold (split by job), score that fold; the best threshold t on
+    these unseen scores gives logit_shift = -logit(t), so that 0.5 then means t.
+    Returns (logit_shift, t, out-of-fold decision accuracy at 0.5 and at t)."""
+    import torch
+
+    jobs = np.array(sorted(set(np.array(data.job)[train_mask])))
+    np.random.default_rng(seed).shuffle(jobs)
+    oof = np.full(len(data), np.nan)
+    for f in range(folds):
+        held = np.isin(data.job, jobs[f::folds]) & train_mask
+        log(f"calibration fold {f + 1} of {folds}: {int(held.sum())} classes held out")
+        net, _ = train(data, train_mask & ~held, np.zeros(len(data), bool), seed=seed + 100 + f, log=lambda *a: None,
+                       **train_kwargs)
+        from .model import network_images
+        with torch.no_grad():
+            imgs = torch.from_numpy(network_images(data.images[held], train_kwargs.get("image_norm", "none"))[:, None])
+            oof[held] = torch.sigmoid(net(imgs, torch.from_numpy(data.vectors[held]))[:, 0]).numpy()
+    scored = train_mask & np.isfinite(oof)
+    t = best_threshold(oof[scored], data, scored)
+    before = decision_accuracy(oof[scored] >= 0.5, data.n_particles[scored], data.n_true[scored], data.targets[scored])
+    after = decision_accuracy(oof[scored] >= t, data.n_particles[scored], data.n_true[scored], data.targets[scored])
+    return float(-np.log(t / (1 - t))), t, before, after
+
+
 def epoch_score(entry: dict) -> float:
     """How good an epoch is on validation: decision accuracy + AUC (- MSE if no AUC)."""
     auc = entry["val_auc"]
@@ -232,6 +269,9 @@ def main(argv=None) -> int:
     p.add_argument("--ensemble", type=int,
                    help="train N networks (seeds seed..seed+N-1) and average their scores "
                         "(default: as many as the --init model has, else 1)")
+    p.add_argument("--calibrate_folds", type=int, default=0,
+                   help="fit the score shift that puts the best keep/reject threshold at 0.5, from "
+                        "out-of-fold scores of K extra networks (split by job); 0 = no shift")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -261,18 +301,29 @@ def main(argv=None) -> int:
         nets.append(net)
         histories.append(history)
     history = histories[0]
+    calibration, logit_shift = {}, 0.0
+    if args.calibrate_folds > 1:
+        logit_shift, t, before, after = calibrate(
+            data, train_mask, args.calibrate_folds, args.seed, epochs=args.epochs, lr=args.lr,
+            weight_decay=args.weight_decay, batch=args.batch, dropout=args.dropout, threads=args.threads,
+            device=args.device, weight_by_particles=args.weight_by_particles, balance_kinds=args.balance_kinds,
+            image_norm=args.image_norm, init=args.init)
+        calibration = {"folds": args.calibrate_folds, "threshold": t, "logit_shift": logit_shift,
+                       "oof_decision_at_0.5": before, "oof_decision_at_threshold": after}
+        print(f"calibration: best out-of-fold threshold {t:.3f} (particle-weighted agreement with the oracle "
+              f"{before:.3f} at 0.5 -> {after:.3f}); scores shifted by {logit_shift:+.3f} in logit")
     from .model import Ranker, save_model
     best = (max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
             if args.keep_epoch == "best" else history[-1])
     if args.ensemble > 1 and val_mask.any():  # the ensemble's own validation figures
-        ens = Ranker(net=nets[0], path=args.out, image_norm=args.image_norm, members=nets)
+        ens = Ranker(net=nets[0], path=args.out, image_norm=args.image_norm, logit_shift=logit_shift, members=nets)
         best = dict(validation_metrics(ens.score(data.vectors[val_mask], data.images[val_mask]), data, val_mask),
                     epoch=best["epoch"])
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
             "weight_by_particles": args.weight_by_particles, "balance_kinds": args.balance_kinds, "tta": args.tta,
-            "image_norm": args.image_norm, "ensemble": args.ensemble,
+            "image_norm": args.image_norm, "ensemble": args.ensemble, "calibration": calibration,
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
             "n_train_jobs": len(set(np.array(data.job)[train_mask])),
             "n_val_jobs": len(set(np.array(data.job)[val_mask])),
@@ -281,7 +332,7 @@ def main(argv=None) -> int:
             "keep_epoch": args.keep_epoch, "kept_epoch": best["epoch"], "val_auc": best.get("val_auc"), "val_decision": best.get("val_decision"),
             "history": history, "member_histories": histories[1:],
             "train_seconds": round(time.time() - t0, 1)}
-    save_model(nets, args.out, card, tta=args.tta, image_norm=args.image_norm)
+    save_model(nets, args.out, card, tta=args.tta, image_norm=args.image_norm, logit_shift=logit_shift)
     write_card(args.out, card)
     print(f"wrote {args.out} (epoch {best['epoch']}, validation AUC {best.get('val_auc')}, "
           f"decision accuracy {best.get('val_decision')})")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranker.model import ModelError, build_net, load_model, network_images, save_model
+from ranker.model import ModelError, build_net, load_model, network_images, save_model, shift_scores
 
 RELION_KEYS_EXTRA = {  # heads RELION's v1.0 model holds but never uses in scoring
     "classifier_images.1.weight": (1, 48), "classifier_images.1.bias": (1,),
@@ -157,3 +157,17 @@ def test_per_image_normalisation_is_stored_and_makes_scores_scale_invariant(tmp_
                 "image_norm": "whiten"}, str(tmp_path / "bad.pt"))
     with pytest.raises(ModelError, match="unknown image normalisation"):
         load_model(str(tmp_path / "bad.pt"), device="cpu")
+
+
+def test_logit_shift_is_stored_and_moves_the_threshold(tmp_path):
+    torch.manual_seed(4)
+    net = build_net()
+    save_model(net, str(tmp_path / "plain.pt"), card={})
+    save_model(net, str(tmp_path / "shifted.pt"), card={}, logit_shift=-np.log(0.6 / 0.4))
+    rng = np.random.default_rng(2)
+    v, im = rng.normal(size=(6, 24)).astype(np.float32), rng.normal(size=(6, 64, 64)).astype(np.float32)
+    plain = load_model(str(tmp_path / "plain.pt"), device="cpu").score(v, im)
+    shifted = load_model(str(tmp_path / "shifted.pt"), device="cpu").score(v, im)
+    assert np.allclose(shifted, shift_scores(plain, -np.log(1.5)), atol=1e-6)
+    assert np.array_equal(np.argsort(plain), np.argsort(shifted))  # ranking unchanged
+    assert np.allclose(shift_scores(np.array([0.6]), -np.log(1.5)), 0.5)  # 0.6 becomes the new 0.5

@@ -121,3 +121,22 @@ def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
     assert t.image_norm == "per_image" and len(t.members) == 2
     for before, after in zip(r.members, t.members):
         assert all(torch.allclose(before.state_dict()[k], after.state_dict()[k], atol=1e-5) for k in sa)
+
+
+def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
+    out = str(tmp_path / "cal.pt")
+    assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0",
+                          "--threads", "1", "--calibrate_folds", "2"]) == 0
+    r = load_model(out, device="cpu")
+    cal = r.card["calibration"]
+    assert cal["folds"] == 2 and 0.2 <= cal["threshold"] <= 0.8
+    assert np.isclose(r.logit_shift, -np.log(cal["threshold"] / (1 - cal["threshold"])))
+    assert cal["oof_decision_at_threshold"] >= cal["oof_decision_at_0.5"]
+
+
+def test_best_threshold_maximises_particle_weighted_agreement():
+    n, n_true = np.array([100.0, 100, 100, 100]), np.array([90.0, 80, 30, 10])
+    d = LabelledClasses(np.zeros((4, 24), np.float32), np.zeros((4, 64, 64), np.float32), n_true / n, ["a"] * 4,
+                        [1, 2, 3, 4], n, n_true)
+    assert trainmod.best_threshold(np.array([0.9, 0.7, 0.65, 0.2]), d, np.ones(4, bool)) == 0.675
+    assert trainmod.best_threshold(np.array([0.9, 0.8, 0.3, 0.1]), d, np.ones(4, bool)) == 0.5  # ties: nearest 0.5
