@@ -32,7 +32,7 @@ FORMAT = "relion_external_rank"
 FEATURE_DIM = 24
 IMAGE_PX = 64
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "models", "relion_external_rank_v1.pt")
+                             "models", "relion_external_rank_v2.pt")
 # RELION's v1.0 checkpoint also holds two heads its scorer never uses (image-only and
 # feature-only); they are dropped when such a checkpoint is loaded.
 _RELION_UNUSED_HEADS = ("classifier_images.", "classifier_features.")

@@ -3,7 +3,7 @@
 Usage::
 
     python -m ranker.train --jobs corpus/job* --out models/my_model.pt [--epochs 60] [--seed 0]
-    python -m ranker.train --init models/relion_external_rank_v1.pt --out my_facility.pt \\
+    python -m ranker.train --init models/relion_external_rank_v2.pt --out my_facility.pt \\
         --selection Class2D/job008/run_it025_optimiser.star:Select/job010/backup_selection.star ...
     python -m ranker.train --selection_list past_jobs.txt --project /data/proj --init ... --out ...
     python -m ranker.train --relion_star training/features_normalized.star --out ...
@@ -234,6 +234,11 @@ def write_card(path: str, card: dict) -> None:
                 "train_seconds"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")
+    if card.get("calibration"):
+        c = card["calibration"]
+        lines.append(f"| calibration | best out-of-fold threshold {c['threshold']:.3f} ({c['folds']} folds) -> "
+                     f"logit_shift {c['logit_shift']:+.3f}; out-of-fold agreement with the oracle "
+                     f"{c['oof_decision_at_0.5']:.3f} -> {c['oof_decision_at_threshold']:.3f} |")
     lines += ["", "Target: fraction of true particles in the class (ranker.dataset.purity_target).", ""]
     with open(base + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -13,6 +13,7 @@ def test_evaluate_shipped_model_on_fixtures(capsys):
     r = evalmod.evaluate([SIM, R5], log=lambda *a: None)
     assert r["pooled_auc"] >= 0.95 and len(r["jobs"]) == 2
     assert abs(r["0.5"]["true_kept_vs_oracle"] - 1) < 0.05 and r["0.5"]["junk_removed_vs_oracle"] > 0.9
+    assert 0.95 <= r["0.5"]["decision_agreement"] <= 1
 
 
 def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
@@ -20,6 +21,7 @@ def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
     monkeypatch.setattr(Ranker, "score", lambda self, v, i, batch=512: np.full(len(v), 0.9, np.float32))
     r = evalmod.evaluate([SIM, R5], log=lambda *a: None)
     assert r["0.5"]["junk_removed_vs_oracle"] < 0.01 and r["0.5"]["true_kept_vs_oracle"] >= 1
+    assert 0.5 < r["0.5"]["decision_agreement"] < 0.95  # the junk classes get the wrong decision
     assert r["junk_kept_by_kind"] and abs(sum(r["junk_kept_by_kind"].values()) - 1) < 1e-9
     assert max(r["junk_kept_by_kind"], key=r["junk_kept_by_kind"].get) == "noise"  # both fixtures' junk class
     assert "junk that threshold 0.5 keeps but the oracle removes, by kind: noise" in evalmod.to_markdown(r)
