@@ -93,13 +93,13 @@ def sample_weights(data: LabelledClasses, by_particles: bool, balance_kinds: boo
     return (w / w.mean()).astype(np.float32)
 
 
-def decision_accuracy(scores, n_particles, n_true, targets) -> float:
-    """Fraction of validation particles whose class gets the oracle's keep/reject decision
-    at threshold 0.5 (keep = at least half true particles). Uses the targets where the
-    truth counts are unknown (user selections)."""
+def decision_accuracy(scores, n_particles, n_true, targets, threshold: float = 0.5) -> float:
+    """Fraction of particles whose class gets the oracle's keep/reject decision when classes
+    scoring >= ``threshold`` are kept (oracle: keep = at least half true particles). Uses the
+    targets where the truth counts are unknown (user selections)."""
     n = np.nan_to_num(np.asarray(n_particles, float), nan=1.0)
     truth = np.where(np.isfinite(n_true), np.asarray(n_true, float) / np.maximum(n, 1), targets)
-    agree = (np.asarray(scores) >= 0.5) == (truth >= 0.5)
+    agree = (np.asarray(scores) >= threshold) == (truth >= 0.5)
     return float((agree * n).sum() / n.sum())
 
 
@@ -117,7 +117,7 @@ def best_threshold(scores, data: LabelledClasses, mask, lo: float = 0.2, hi: flo
     unknown) for the most particles. Ties go to the threshold nearest 0.5."""
     s = np.asarray(scores, float)
     cuts = np.unique(np.clip(np.r_[0.5, (np.sort(s)[1:] + np.sort(s)[:-1]) / 2], lo, hi))
-    acc = [decision_accuracy(s >= t, data.n_particles[mask], data.n_true[mask], data.targets[mask]) for t in cuts]
+    acc = [decision_accuracy(s, data.n_particles[mask], data.n_true[mask], data.targets[mask], t) for t in cuts]
     best = max(acc)
     return float(min((t for t, a in zip(cuts, acc) if a >= best - 1e-12), key=lambda t: abs(t - 0.5)))
 
@@ -127,7 +127,7 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
     training jobs outside one fold (split by job), score that fold; the best threshold t on
     these unseen scores gives logit_shift = -logit(t), so that 0.5 then means t.
     Returns (logit_shift, t, out-of-fold decision accuracy at 0.5 and at t)."""
-    import torch
+    from .model import Ranker
 
     jobs = np.array(sorted(set(np.array(data.job)[train_mask])))
     np.random.default_rng(seed).shuffle(jobs)
@@ -137,14 +137,13 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
         log(f"calibration fold {f + 1} of {folds}: {int(held.sum())} classes held out")
         net, _ = train(data, train_mask & ~held, np.zeros(len(data), bool), seed=seed + 100 + f, log=lambda *a: None,
                        **train_kwargs)
-        from .model import network_images
-        with torch.no_grad():
-            imgs = torch.from_numpy(network_images(data.images[held], train_kwargs.get("image_norm", "none"))[:, None])
-            oof[held] = torch.sigmoid(net(imgs, torch.from_numpy(data.vectors[held]))[:, 0]).numpy()
+        fold_model = Ranker(net=net, path="", image_norm=train_kwargs.get("image_norm", "none"))
+        oof[held] = fold_model.score(data.vectors[held], data.images[held])
     scored = train_mask & np.isfinite(oof)
     t = best_threshold(oof[scored], data, scored)
-    before = decision_accuracy(oof[scored] >= 0.5, data.n_particles[scored], data.n_true[scored], data.targets[scored])
-    after = decision_accuracy(oof[scored] >= t, data.n_particles[scored], data.n_true[scored], data.targets[scored])
+    n, n_true, targets = data.n_particles[scored], data.n_true[scored], data.targets[scored]
+    before = decision_accuracy(oof[scored], n, n_true, targets)
+    after = decision_accuracy(oof[scored], n, n_true, targets, t)
     return float(-np.log(t / (1 - t))), t, before, after
 
 
