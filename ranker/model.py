@@ -106,11 +106,11 @@ def build_net(dropout: float = 0.0):
 
 @dataclass
 class Ranker:
-    """Loaded network(s) ready to score. ``output`` is "sigmoid" (ours: logits -> [0, 1])
-    or "identity" (RELION's checkpoint: its raw output is the score). ``members`` holds
-    every network of an ensemble (``net`` is the first)."""
+    """Loaded network(s) ready to score. ``members``: the networks (one, or an ensemble whose
+    scores are averaged). ``output`` is "sigmoid" (ours: logits -> [0, 1]) or "identity"
+    (RELION's checkpoint: its raw output is the score)."""
 
-    net: object
+    members: list
     path: str
     output: str = "sigmoid"
     tta: bool = False
@@ -118,7 +118,11 @@ class Ranker:
     logit_shift: float = 0.0
     card: dict = field(default_factory=dict)
     device: str = "cpu"
-    members: list = field(default_factory=list)
+
+    @property
+    def net(self):
+        """The first (for RELION's checkpoint: the only) network."""
+        return self.members[0]
 
     def score(self, vectors: np.ndarray, images: np.ndarray, batch: int = 512) -> np.ndarray:
         """Scores (float32, shape (K,)) for normalised vectors (K, 24) and images (K, 64, 64).
@@ -138,7 +142,7 @@ class Ranker:
                 imgs = torch.from_numpy(np.ascontiguousarray(images[s:s + batch], np.float32))[:, None]
                 imgs = imgs.to(self.device)
                 views = dihedral_views(imgs) if self.tta else [imgs]
-                logits = torch.stack([net(v, feats)[:, 0] for net in (self.members or [self.net]) for v in views])
+                logits = torch.stack([net(v, feats)[:, 0] for net in self.members for v in views])
                 scores = torch.sigmoid(logits) if self.output == "sigmoid" else logits
                 out.append(scores.mean(0).float().cpu().numpy())
         scores = np.concatenate(out).astype(np.float32)
@@ -239,8 +243,8 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
             raise ModelError(f"{path}: weights do not fit the ranker network "
                              f"({str(exc).splitlines()[0][:160]})") from None
         nets.append(net.to(dev).eval())
-    return Ranker(net=nets[0], path=path, output=output, tta=tta, image_norm=image_norm, logit_shift=logit_shift,
-                  card=card, device=dev, members=nets)
+    return Ranker(members=nets, path=path, output=output, tta=tta, image_norm=image_norm, logit_shift=logit_shift,
+                  card=card, device=dev)
 
 
 def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = False,

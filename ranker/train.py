@@ -137,7 +137,7 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
         log(f"calibration fold {f + 1} of {folds}: {int(held.sum())} classes held out")
         net, _ = train(data, train_mask & ~held, np.zeros(len(data), bool), seed=seed + 100 + f, log=lambda *a: None,
                        **train_kwargs)
-        fold_model = Ranker(net=net, path="", image_norm=train_kwargs.get("image_norm", "none"))
+        fold_model = Ranker(members=[net], path="", image_norm=train_kwargs.get("image_norm", "none"))
         oof[held] = fold_model.score(data.vectors[held], data.images[held])
     scored = train_mask & np.isfinite(oof)
     t = best_threshold(oof[scored], data, scored)
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     best = (max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
             if args.keep_epoch == "best" else history[-1])
     if args.ensemble > 1 and val_mask.any():  # the ensemble's own validation figures
-        ens = Ranker(net=nets[0], path=args.out, image_norm=args.image_norm, logit_shift=logit_shift, members=nets)
+        ens = Ranker(members=nets, path=args.out, image_norm=args.image_norm, logit_shift=logit_shift)
         best = dict(validation_metrics(ens.score(data.vectors[val_mask], data.images[val_mask]), data, val_mask),
                     epoch=best["epoch"])
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
