@@ -54,7 +54,6 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
     per_job, pooled_scores, pooled_purity, pooled_n = [], [], [], []
     sums = {"0.5": {}, "auto": {}}
     missed = dict.fromkeys(JUNK_KINDS, 0.0)  # junk in classes the oracle removes but 0.5 keeps
-    agree = {"0.5": 0.0, "auto": 0.0}  # particles whose class gets the oracle's keep/reject decision
     for project in projects:
         data = from_truth_job(project)
         scores = ranker.score(data.vectors, data.images)
@@ -76,7 +75,6 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
                "n_bad": int((clear & (purity <= 0.2)).sum()), "n_classes": len(numbers)}
         for name, thr in (("0.5", 0.5), ("auto", auto_threshold(s[scored]))):
             m = selection_vs_oracle(scored & (s >= thr), n, t)
-            agree[name] += float(n[(scored & (s >= thr)) == (purity >= 0.5)].sum())
             row[name] = dict(m, threshold=thr)
             for k, v in m.items():
                 sums[name][k] = sums[name].get(k, 0.0) + v
@@ -93,7 +91,7 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
         result[name] = {"true_kept_vs_oracle": tot["true_kept"] / max(tot["oracle_true_kept"], 1),
                         "junk_removed_vs_oracle": tot["junk_removed"] / max(tot["oracle_junk_removed"], 1),
                         "junk_unremovable_fraction": tot["junk_unremovable"] / max(tot["junk_total"], 1),
-                        "decision_agreement": agree[name] / max(tot["true_total"] + tot["junk_total"], 1)}
+                        "decision_agreement": tot["agreeing"] / max(tot["true_total"] + tot["junk_total"], 1)}
     bins = np.linspace(0, 1, 6)
     table = []
     for lo, hi in zip(bins[:-1], bins[1:]):

@@ -29,8 +29,9 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     """Particles kept/removed by a class selection, against the oracle that keeps exactly the
     classes with >= 50 % true particles.
 
-    Returns true particles kept (ours / oracle's), junk removed (ours / oracle's), and the
-    junk the oracle must keep (inside majority-true classes: not removable by class selection).
+    Returns true particles kept (ours / oracle's), junk removed (ours / oracle's), the
+    junk the oracle must keep (inside majority-true classes: not removable by class selection),
+    and the particles whose class gets the oracle's keep/reject decision ("agreeing").
     """
     keep = np.asarray(keep, bool)
     n = np.asarray(n_particles, float)
@@ -40,7 +41,8 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     oracle &= n > 0
     out = {"true_kept": float(t[keep].sum()), "oracle_true_kept": float(t[oracle].sum()),
            "junk_removed": float(junk[~keep].sum()), "oracle_junk_removed": float(junk[~oracle].sum()),
-           "junk_unremovable": float(junk[oracle].sum()), "true_total": float(t.sum()), "junk_total": float(junk.sum())}
+           "junk_unremovable": float(junk[oracle].sum()), "true_total": float(t.sum()), "junk_total": float(junk.sum()),
+           "agreeing": float(n[keep == oracle].sum())}
     out["true_kept_vs_oracle"] = out["true_kept"] / out["oracle_true_kept"] if out["oracle_true_kept"] else 1.0
     out["junk_removed_vs_oracle"] = (out["junk_removed"] / out["oracle_junk_removed"]
                                      if out["oracle_junk_removed"] else 1.0)

@@ -30,3 +30,4 @@ def test_selection_vs_oracle():
     assert m["oracle_true_kept"] == 120 and m["true_kept"] == 90
     assert m["junk_removed"] == 20 + 190 and m["oracle_junk_removed"] == 190
     assert m["junk_unremovable"] == 10 + 20
+    assert m["agreeing"] == 100 + 200  # class 2 (60 % real) is the one decided differently
