@@ -1,8 +1,9 @@
 #!/bin/bash
 # Build (or resume) the labelled training corpus: N RELION-3.1 Class2D projects of simulated
-# particles + junk with per-particle / per-class truth (see ranker/simulate.py).
+# particles + junk with per-particle / per-class truth (see ranker/simulate/).
 #
-#   tools/make_corpus.sh [N_JOBS] [CORPUS_DIR]      (defaults: 200, ./corpus)
+#   tools/make_corpus.sh [N_JOBS] [CORPUS_DIR] [options of 'ranker.simulate many']   (defaults: 200, ./corpus)
+#   e.g. a corpus of low-SNR jobs: tools/make_corpus.sh 40 corpus4 --snr_range 0.02 0.06
 #   env: PY (python with numpy, scipy, mrcfile, matplotlib; gemmi for mmCIF), SEED (1),
 #        BUDGET (estimated relion_refine seconds per job, 130), HELDOUT (4JSV job numbers, 8,28,48)
 #
@@ -25,4 +26,4 @@ if [ ! -f "$CORPUS/_structures/structures.json" ]; then
   nice -n 10 "$PY" -m ranker.simulate structures "$CORPUS/_structures"
 fi
 exec nice -n 10 "$PY" -m ranker.simulate many "$CORPUS" --n "$N" --structures "$CORPUS/_structures" \
-  --seed "${SEED:-1}" --budget "${BUDGET:-130}" --heldout "${HELDOUT:-8,28,48}"
+  --seed "${SEED:-1}" --budget "${BUDGET:-130}" --heldout "${HELDOUT:-8,28,48}" "${@:3}"

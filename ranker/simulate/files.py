@@ -1,0 +1,75 @@
+"""What the simulator shares: particle kinds, small STAR / MRC writers and readers, JSON of numpy values,
+the RELION version."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+
+KINDS = ["good", "noise", "ice", "edge", "aggregate", "offcentre", "partial"]
+JUNK_KINDS = KINDS[1:]
+
+
+# ======================================================================================
+# STAR files (RELION 3.1 style)
+# ======================================================================================
+def write_star(path, blocks):
+    """Write STAR loops. ``blocks``: list of (block_name, column_names, rows)."""
+    with open(path, "w") as f:
+        for name, cols, rows in blocks:
+            f.write(f"\n# version 30001\n\ndata_{name}\n\nloop_ \n")
+            for i, c in enumerate(cols):
+                f.write(f"_{c} #{i + 1} \n")
+            for r in rows:
+                f.write(" ".join(str(v) for v in r) + " \n")
+            f.write(" \n")
+
+
+def read_star_loop(path, block):
+    """The loop of ``data_<block>``: (column labels without '_', rows as lists of str)."""
+    from ranker.star import read_star
+
+    tab = read_star(path)[block]
+    return tab.labels, tab.rows
+
+
+def save_mrc(path, data, angpix):
+    """Write float32 MRC (a 3D array to ``*.mrcs`` is written as an image stack); angpix in A."""
+    import mrcfile
+
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.ascontiguousarray(data, dtype=np.float32))
+        m.voxel_size = angpix
+        if data.ndim == 3 and path.endswith(".mrcs"):
+            m.set_image_stack()
+
+
+def load_mrc(path):
+    import mrcfile
+
+    with mrcfile.open(path, permissive=True) as m:
+        return np.asarray(m.data, dtype=np.float32).copy()
+
+
+def json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+_RELION_VERSION = None
+
+
+def relion_version():
+    global _RELION_VERSION
+    if _RELION_VERSION is None:
+        try:
+            out = subprocess.run(["relion_refine", "--version"], capture_output=True, text=True).stdout
+            _RELION_VERSION = " ".join(out.split())
+        except OSError:
+            _RELION_VERSION = "unknown"
+    return _RELION_VERSION

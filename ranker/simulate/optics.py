@@ -1,0 +1,111 @@
+"""Density map, CTF and views: what turns atoms into particle images. Lengths in Angstrom,
+defocus in A, voltage in kV, Cs in mm, angles in degrees."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+# ======================================================================================
+# density map and CTF
+# ======================================================================================
+def make_map(xyz, w, box, angpix, blur_A, fine_max_A=1.6, normalise=True):
+    """Density (box^3 voxels of angpix A) of Gaussian atoms with B = 8 pi^2 blur_A^2.
+
+    Atoms are splatted (trilinear) on a fine grid of spacing <= fine_max_A, Fourier-cropped
+    to angpix (no aliasing) and blurred in Fourier space. The weighted centroid is at voxel
+    box//2 (RELION's origin). Normalised to max 1 if ``normalise``."""
+    from scipy import fft as sfft
+
+    os_ = max(1, int(math.ceil(angpix / fine_max_A - 1e-6)))
+    fb, fp = box * os_, angpix / os_
+    c = xyz - np.average(xyz, axis=0, weights=w)
+    g = c / fp + fb // 2
+    vol = np.zeros((fb, fb, fb), np.float32)
+    i0 = np.floor(g).astype(np.int64)
+    f = g - i0
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                wt = w * (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) * \
+                    (f[:, 2] if dz else 1 - f[:, 2])
+                ix, iy, iz = i0[:, 0] + dx, i0[:, 1] + dy, i0[:, 2] + dz
+                ok = (ix >= 0) & (ix < fb) & (iy >= 0) & (iy < fb) & (iz >= 0) & (iz < fb)
+                np.add.at(vol, (iz[ok], iy[ok], ix[ok]), wt[ok].astype(np.float32))
+    F = sfft.rfftn(vol, workers=1)
+    del vol
+    h = box // 2
+    idx = np.r_[0:h, fb - h:fb]
+    F = F[idx][:, idx][:, :, :h + 1]
+    kz = np.fft.fftfreq(box, d=angpix)
+    kx = np.fft.rfftfreq(box, d=angpix)
+    k2 = kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2
+    F *= np.exp(-2 * math.pi ** 2 * blur_A ** 2 * k2).astype(np.float32)
+    out = sfft.irfftn(F, s=(box, box, box), workers=1)
+    if normalise:
+        out /= out.max()
+    return out.astype(np.float32)
+
+
+def electron_wavelength(kv):
+    """Relativistic electron wavelength (A) at kv kilovolts."""
+    v = kv * 1e3
+    return 12.2643247 / math.sqrt(v * (1 + v * 0.978466e-6))
+
+
+def ctf2d(n, angpix, du, dv, dang, kv=300.0, cs=2.7, q0=0.1):
+    """RELION-convention CTF (un-shifted FFT layout) of an n x n image; defocus in A, dang in deg."""
+    lam = electron_wavelength(kv)
+    f = np.fft.fftfreq(n, d=angpix)
+    FX, FY = np.meshgrid(f, f)
+    s2 = FX ** 2 + FY ** 2
+    ang = np.arctan2(FY, FX)
+    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2 * (ang - np.deg2rad(dang)))
+    chi = math.pi * lam * defocus * s2 - 0.5 * math.pi * cs * 1e7 * lam ** 3 * s2 ** 2
+    return np.sin(chi + math.atan(q0 / math.sqrt(1 - q0 ** 2)))
+
+
+def apply_ctf(img, ctf2n):
+    """Multiply an n x n image by a CTF given on the 2n x 2n grid (reflect-padded, no wrap-around)."""
+    n = img.shape[0]
+    p = n // 2
+    big = np.pad(img, p, mode="reflect")
+    return np.real(np.fft.ifft2(np.fft.fft2(big) * ctf2n))[p:p + n, p:p + n]
+
+
+def circle_mask(n, radius_px):
+    y, x = np.indices((n, n)) - n // 2
+    return (x ** 2 + y ** 2) <= radius_px ** 2
+
+
+def relion_normalise(img, bg_radius_px):
+    """Like relion_preprocess --norm: background (outside bg_radius_px) to mean 0, sd 1."""
+    m = ~circle_mask(img.shape[0], bg_radius_px)
+    bg = img[m]
+    return (img - bg.mean()) / max(bg.std(), 1e-6)
+
+
+# ======================================================================================
+# orientations
+# ======================================================================================
+def pref_euler(rng, n, n_views, spread_deg, frac_uniform):
+    """Euler angles (deg) with preferred views: n_views random directions with random weights
+    and Gaussian spread, plus a uniform fraction; psi uniform. Returns rot, tilt, psi, view_id
+    (-1 = uniform)."""
+    rot = rng.uniform(-180, 180, n)
+    tilt = np.rad2deg(np.arccos(rng.uniform(-1, 1, n)))
+    psi = rng.uniform(-180, 180, n)
+    if n_views <= 0:
+        return rot, tilt, psi, np.full(n, -1)
+    dirs = rng.normal(size=(n_views, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    wts = rng.uniform(0.5, 1.5, n_views)
+    wts /= wts.sum()
+    view = np.where(rng.uniform(size=n) < frac_uniform, -1, rng.choice(n_views, size=n, p=wts))
+    for i in np.where(view >= 0)[0]:
+        v = dirs[view[i]] + rng.normal(0, np.deg2rad(spread_deg), 3)
+        v /= np.linalg.norm(v)
+        tilt[i] = np.rad2deg(np.arccos(np.clip(v[2], -1, 1)))
+        rot[i] = np.rad2deg(np.arctan2(v[1], v[0]))
+    return rot, tilt, psi, view

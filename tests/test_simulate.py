@@ -1,0 +1,97 @@
+"""The training-data generator: corpus parameters, and one tiny project classified by real
+relion_refine (RELION 3.1.3) whose truth files agree with RELION's own class assignments."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from ranker.simulate.corpus import sample_spec
+from ranker.simulate.files import JUNK_KINDS
+from ranker.simulate.project import build_project, fragment_atoms
+from ranker.simulate.structures import PSEUDO_SHAPES, pseudo_model, structure_radius
+from ranker.star import read_star
+
+
+def test_sample_spec_is_deterministic_and_fits_the_budget():
+    a = [sample_spec(i, 7, {}, budget=130) for i in range(1, 30)]
+    b = [sample_spec(i, 7, {}, budget=130) for i in range(1, 30)]
+    assert a == b
+    assert len({json.dumps(s, sort_keys=True) for s in a}) == len(a)
+    for s in a:
+        assert s["est_refine_seconds"] <= 130 + 1e-6 or s["K"] == 4
+        assert 0.03 <= s["snr"] <= 0.3 and set(s["junk"]) <= set(JUNK_KINDS)
+        assert s["box"] % 2 == 0 and s["split"] in ("train", "val")
+
+
+def test_sample_spec_snr_range_and_junk_kinds():
+    specs = [sample_spec(i, 4, {}, budget=130, snr_range=(0.02, 0.06), junk_kinds=["partial", "offcentre"])
+             for i in range(1, 40)]
+    assert all(0.02 <= s["snr"] <= 0.06 for s in specs)
+    assert all(set(s["junk"]) <= {"partial", "offcentre"} for s in specs)
+    assert any("partial" in s["junk"] for s in specs) and any("offcentre" in s["junk"] for s in specs)
+
+
+def test_unknown_junk_kind_is_refused():
+    r = subprocess.run([sys.executable, "-m", "ranker.simulate", "many", "/nonexistent", "--junk_kinds", "dust"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown kind(s) dust" in r.stderr
+    assert not os.path.exists("/nonexistent")
+
+
+@pytest.mark.parametrize("shape", PSEUDO_SHAPES)
+def test_pseudo_models_have_their_size(shape):
+    xyz, w = pseudo_model(shape, 1500, np.random.default_rng(3))
+    assert xyz.shape == (len(w), 3) and np.all(w > 0)
+    # ~110 Da per residue, weights are atomic numbers (~7 per heavy atom of ~14 Da)
+    mass_kDa = w.sum() / 7.0 * 14 / 1000
+    assert 100 < mass_kDa < 260
+    rmax, r99 = structure_radius(xyz, w)
+    assert 15 < r99 <= rmax < 200
+
+
+def test_fragment_is_one_side_of_a_plane():
+    xyz, w = pseudo_model("globular", 2000, np.random.default_rng(0))
+    fx, fw = fragment_atoms(xyz, w, np.random.default_rng(1), keep=(0.3, 0.3))
+    assert abs(len(fx) / len(xyz) - 0.3) < 0.01
+    c = np.average(xyz, axis=0, weights=w)
+    # some normal separates the fragment: its centroid lies away from the complex's centre
+    assert np.linalg.norm(fx.mean(axis=0) - c) > 5
+
+
+def test_tiny_project_truth_matches_relion(tmp_path):
+    """A 320-particle project, classified by real relion_refine (K 3, 4 iterations, ~10 s):
+    class_truth.csv must count exactly the particles RELION put in each class."""
+    proj = tmp_path / "proj"
+    spec = {"protein": {"source": "pseudo", "shape": "dumbbell", "n_res": 2500, "seed": 5,
+                        "name": "pseudo-dumbbell-2500"},
+            "box": 48, "angpix": 4.0, "snr": 0.2, "n_good": 200, "junk": {"noise": 60, "partial": 60},
+            "n_mics": 6, "K": 3, "n_iter": 4, "seed": 11}
+    info = build_project(spec, str(proj), log=lambda m: None)
+    assert info["counts"] == {"good": 200, "noise": 60, "partial": 60}
+    assert "3.1" in info["relion_version"]
+    data = read_star(str(proj / "Class2D/job002/run_it004_data.star"))["particles"]
+    truth = {r["rlnImageName"]: r["kind"] for r in csv.DictReader(open(proj / "truth.csv"))}
+    assert len(truth) == len(data.rows) == 320
+    by_class = {}
+    for name, k in zip(data.column("rlnImageName"), data.column("rlnClassNumber")):
+        by_class.setdefault(int(k), Counter())[truth[name]] += 1
+    rows = list(csv.DictReader(open(proj / "class_truth.csv")))
+    assert [int(r["class_number"]) for r in rows] == [1, 2, 3]
+    for r in rows:
+        c = by_class.get(int(r["class_number"]), Counter())
+        assert int(r["n_particles"]) == sum(c.values())
+        for kind in ("good", "noise", "partial"):
+            assert int(r["n_" + kind]) == c[kind]
+        if c:
+            assert float(r["frac_good"]) == pytest.approx(c["good"] / sum(c.values()), abs=1e-4)
+    # stacks are deleted, the final iteration stays, and corpus_job.json holds the whole spec
+    assert not list((proj / "Simulated" / "Particles").glob("*.mrcs"))
+    assert (proj / "Class2D/job002/run_it004_classes.mrcs").exists()
+    assert json.load(open(proj / "corpus_job.json"))["spec"]["seed"] == 11
+
