@@ -48,7 +48,9 @@ def load_mrc(path):
     import mrcfile
 
     with mrcfile.open(path, permissive=True) as m:
-        return np.asarray(m.data, dtype=np.float32).copy()
+        data = np.asarray(m.data, dtype=np.float32).copy()
+    # a one-image stack reads as 2D: keep stacks (N, y, x), so that stack[i] is an image
+    return data[None] if path.endswith(".mrcs") and data.ndim == 2 else data
 
 
 def json_default(o):
