@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from .dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
-from .metrics import roc_auc
+from .metrics import roc_auc, selection_vs_oracle
 
 
 def load_sources(args) -> LabelledClasses:
@@ -99,8 +99,7 @@ def decision_accuracy(scores, n_particles, n_true, targets, threshold: float = 0
     targets where the truth counts are unknown (user selections)."""
     n = np.nan_to_num(np.asarray(n_particles, float), nan=1.0)
     truth = np.where(np.isfinite(n_true), np.asarray(n_true, float) / np.maximum(n, 1), targets)
-    agree = (np.asarray(scores) >= threshold) == (truth >= 0.5)
-    return float((agree * n).sum() / n.sum())
+    return selection_vs_oracle(np.asarray(scores) >= threshold, n, truth * n)["agreeing"] / float(n.sum())
 
 
 def validation_metrics(p, data: LabelledClasses, val_mask) -> dict:

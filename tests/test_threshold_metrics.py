@@ -31,3 +31,14 @@ def test_selection_vs_oracle():
     assert m["junk_removed"] == 20 + 190 and m["oracle_junk_removed"] == 190
     assert m["junk_unremovable"] == 10 + 20
     assert m["agreeing"] == 100 + 200  # class 2 (60 % real) is the one decided differently
+
+
+def test_decision_accuracy_uses_truth_or_the_users_selection():
+    from ranker.train import decision_accuracy
+
+    scores = [0.9, 0.3, 0.2]
+    # truth counts known: class 2 (60 % real) is rejected against the oracle -> 300 of 350 agree
+    assert decision_accuracy(scores, [100, 50, 200], [90, 30, 10], [0.9, 0.6, 0.05]) == pytest.approx(300 / 350)
+    # a user's selection (no counts): its 0/1 targets are the oracle; threshold 0.25 keeps class 2 too
+    nan = float("nan")
+    assert decision_accuracy(scores, [100, 50, 200], [nan] * 3, [1.0, 1.0, 0.0], 0.25) == 1.0
