@@ -121,10 +121,12 @@ def best_threshold(scores, data: LabelledClasses, mask, lo: float = 0.2, hi: flo
     return float(min((t for t, a in zip(cuts, acc) if a >= best - 1e-12), key=lambda t: abs(t - 0.5)))
 
 
-def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=print, **train_kwargs):
+def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=print, oof_out: str = "",
+              **train_kwargs):
     """Out-of-fold calibration of the 0.5 threshold: ``folds`` networks, each trained on the
     training jobs outside one fold (split by job), score that fold; the best threshold t on
     these unseen scores gives logit_shift = -logit(t), so that 0.5 then means t.
+    ``oof_out``: also save the out-of-fold scores there (.npz, one row per scored class).
     Returns (logit_shift, t, out-of-fold decision accuracy at 0.5 and at t)."""
     from .model import Ranker
 
@@ -139,6 +141,10 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
         fold_model = Ranker(members=[net], path="", image_norm=train_kwargs.get("image_norm", "none"))
         oof[held] = fold_model.score(data.vectors[held], data.images[held])
     scored = train_mask & np.isfinite(oof)
+    if oof_out:  # for studying a job-level second stage: scores no network saw the job of
+        np.savez(oof_out, job=np.array(data.job)[scored], class_number=np.array(data.class_number)[scored],
+                 score=oof[scored], n_particles=data.n_particles[scored], n_true=data.n_true[scored],
+                 target=data.targets[scored], kind=np.array(data.kind or [""] * len(data))[scored])
     t = best_threshold(oof[scored], data, scored)
     n, n_true, targets = data.n_particles[scored], data.n_true[scored], data.targets[scored]
     before = decision_accuracy(oof[scored], n, n_true, targets)
@@ -275,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate_folds", type=int, default=0,
                    help="fit the score shift that puts the best keep/reject threshold at 0.5, from "
                         "out-of-fold scores of K extra networks (split by job); 0 = no shift")
+    p.add_argument("--oof_out", default="", help="with --calibrate_folds: save the out-of-fold scores of the "
+                   "training classes to this .npz (job, class_number, score, n_particles, n_true, target, kind)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -310,7 +318,7 @@ def main(argv=None) -> int:
             data, train_mask, args.calibrate_folds, args.seed, epochs=args.epochs, lr=args.lr,
             weight_decay=args.weight_decay, batch=args.batch, dropout=args.dropout, threads=args.threads,
             device=args.device, weight_by_particles=args.weight_by_particles, balance_kinds=args.balance_kinds,
-            image_norm=args.image_norm, init=args.init)
+            image_norm=args.image_norm, init=args.init, oof_out=args.oof_out)
         calibration = {"folds": args.calibrate_folds, "threshold": t, "logit_shift": logit_shift,
                        "oof_decision_at_0.5": before, "oof_decision_at_threshold": after}
         print(f"calibration: best out-of-fold threshold {t:.3f} (particle-weighted agreement with the oracle "

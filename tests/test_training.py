@@ -126,9 +126,12 @@ def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
 def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
     out = str(tmp_path / "cal.pt")
     assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0",
-                          "--threads", "1", "--calibrate_folds", "2"]) == 0
+                          "--threads", "1", "--calibrate_folds", "2", "--oof_out", str(tmp_path / "oof.npz")]) == 0
     r = load_model(out, device="cpu")
     cal = r.card["calibration"]
+    oof = np.load(tmp_path / "oof.npz")
+    assert set(oof["job"]) == {os.path.abspath(SIM), os.path.abspath(R5)}  # each job scored by the other's network
+    assert len(oof["score"]) == len(oof["class_number"]) == 9 + 18 and np.all((oof["score"] >= 0) & (oof["score"] <= 1))
     assert cal["folds"] == 2 and 0.2 <= cal["threshold"] <= 0.8
     assert np.isclose(r.logit_shift, -np.log(cal["threshold"] / (1 - cal["threshold"])))
     assert cal["oof_decision_at_threshold"] >= cal["oof_decision_at_0.5"]
