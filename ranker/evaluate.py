@@ -45,7 +45,7 @@ def _job_rows(project: str, ignore_kinds=()):
     return out
 
 
-def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) -> dict:
+def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, use_context=True) -> dict:
     from .model import load_model
 
     ranker = load_model(model_path, device="cpu")
@@ -56,7 +56,7 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
     missed = dict.fromkeys(JUNK_KINDS, 0.0)  # junk in classes the oracle removes but 0.5 keeps
     for project in projects:
         data = from_truth_job(project)
-        scores = ranker.score(data.vectors, data.images)
+        scores = ranker.score_job(data.vectors, data.images, use_context)
         by_class = dict(zip(data.class_number, scores))
         classes = _job_rows(project, ignore_kinds)
         numbers = sorted(classes)
@@ -85,7 +85,8 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
     ps, pp, pn = map(np.array, (pooled_scores, pooled_purity, pooled_n))
     clear = (pp >= 0.8) | (pp <= 0.2)
     result = {"jobs": per_job, "pooled_auc": roc_auc(ps[clear], pp[clear] >= 0.8), "model": ranker.path,
-              "tta": ranker.tta, "ignored": list(ignore_kinds)}
+              "tta": ranker.tta, "ignored": list(ignore_kinds),
+              "job_context": ranker.job_context if use_context else None}
     for name in sums:
         tot = sums[name]
         result[name] = {"true_kept_vs_oracle": tot["true_kept"] / max(tot["oracle_true_kept"], 1),
@@ -106,7 +107,8 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print) ->
 
 
 def to_markdown(r: dict) -> str:
-    out = [f"Model: `{r['model']}`" + (" (scores averaged over 8 rotations/flips)" if r.get("tta") else ""), "",
+    out = [f"Model: `{r['model']}`" + (" (scores averaged over 8 rotations/flips)" if r.get("tta") else "")
+           + (" with its job-context stage" if r.get("job_context") else ""), "",
            "| job | classes | good / bad | AUC | thr 0.5: true kept / junk removed (vs oracle) | auto thr | auto: true kept / junk removed |",
            "|---|---|---|---|---|---|---|"]
     for j in r["jobs"]:
@@ -142,10 +144,12 @@ def main(argv=None) -> int:
                    help="test-time averaging over 8 rotations/flips: as stored in the model, or forced on/off")
     p.add_argument("--ignore_kinds", default="", help="comma-separated junk kinds to leave out of the counts "
                    "(e.g. partial: fragments of the complex, which no per-class ranker can tell from a small protein)")
+    p.add_argument("--no_job_context", action="store_true", help="score each class alone (the model's "
+                   "job-context stage off, as the job's --job_context false)")
     args = p.parse_args(argv)
     kinds = tuple(k for k in args.ignore_kinds.split(",") if k)
     report = to_markdown(evaluate(args.jobs, args.model, tta={"model": None, "on": True, "off": False}[args.tta],
-                                  ignore_kinds=kinds))
+                                  ignore_kinds=kinds, use_context=not args.no_job_context))
     print(report)
     if args.out:
         open(args.out, "w").write(report)

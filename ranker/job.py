@@ -45,7 +45,7 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     from .model import score_when_ready
 
     inbox = Inbox()
-    scorer = Background(score_when_ready, inbox, opts.model, opts.device, opts.threads)
+    scorer = Background(score_when_ready, inbox, opts.model, opts.device, opts.threads, opts.job_context)
     try:
         _run(opts, jobdir, log, scorer, inbox)
     finally:

@@ -32,7 +32,7 @@ FORMAT = "relion_external_rank"
 FEATURE_DIM = 24
 IMAGE_PX = 64
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "models", "relion_external_rank_v2.pt")
+                             "models", "relion_external_rank_v3.pt")
 # RELION's v1.0 checkpoint also holds two heads its scorer never uses (image-only and
 # feature-only); they are dropped when such a checkpoint is loaded.
 _RELION_UNUSED_HEADS = ("classifier_images.", "classifier_features.")
@@ -118,6 +118,7 @@ class Ranker:
     logit_shift: float = 0.0
     card: dict = field(default_factory=dict)
     device: str = "cpu"
+    job_context: list | None = None  # (a, b, c) of ranker.context, or None
 
     @property
     def net(self):
@@ -125,11 +126,24 @@ class Ranker:
         return self.members[0]
 
     def score(self, vectors: np.ndarray, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        """Scores (float32, shape (K,)) for normalised vectors (K, 24) and images (K, 64, 64).
+        """Per-class scores (float32, shape (K,)) for normalised vectors (K, 24) and images
+        (K, 64, 64): the network score with ``logit_shift`` applied; each class on its own."""
+        scores = self.network_scores(vectors, images, batch)
+        return shift_scores(scores, self.logit_shift) if self.logit_shift else scores
 
-        With ``tta`` the score is the mean over the 8 rotations/flips of the image; with an
-        ensemble, the mean over its members; then ``logit_shift`` is applied.
-        """
+    def score_job(self, vectors: np.ndarray, images: np.ndarray, use_context: bool = True) -> np.ndarray:
+        """Scores (float32, shape (K,)) of ALL scored classes of ONE 2D classification: with the
+        model's job-context stage (ranker.context) when it has one and ``use_context``, else
+        :meth:`score`."""
+        if self.job_context is None or not use_context:
+            return self.score(vectors, images)
+        from .context import apply_job_context
+
+        return apply_job_context(self.network_scores(vectors, images), self.job_context)
+
+    def network_scores(self, vectors: np.ndarray, images: np.ndarray, batch: int = 512) -> np.ndarray:
+        """The networks' own scores (float32, (K,)): with ``tta`` the mean over the 8
+        rotations/flips of the image; with an ensemble, the mean over its members."""
         import torch
 
         if len(vectors) == 0:
@@ -145,8 +159,7 @@ class Ranker:
                 logits = torch.stack([net(v, feats)[:, 0] for net in self.members for v in views])
                 scores = torch.sigmoid(logits) if self.output == "sigmoid" else logits
                 out.append(scores.mean(0).float().cpu().numpy())
-        scores = np.concatenate(out).astype(np.float32)
-        return shift_scores(scores, self.logit_shift) if self.logit_shift else scores
+        return np.concatenate(out).astype(np.float32)
 
 
 def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:
@@ -155,14 +168,14 @@ def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:
     return (1 / (1 + np.exp(-(np.log(p / (1 - p)) + logit_shift)))).astype(np.float32)
 
 
-def score_when_ready(inbox, path, device, threads):
+def score_when_ready(inbox, path, device, threads, use_context=True):
     """Load the model now, then score what arrives in ``inbox`` ((vectors, images)).
 
     Meant to run in a :class:`ranker.background.Background` process, so that importing
     torch overlaps with reading data.star. Returns (scores, path, device)."""
     ranker = load_model(path, device=device, threads=threads)
     vectors, images = inbox.get()
-    return ranker.score(vectors, images), ranker.path, ranker.device
+    return ranker.score_job(vectors, images, use_context), ranker.path, ranker.device
 
 
 def dihedral_views(imgs):
@@ -196,11 +209,15 @@ def _state_dict_from(obj, path: str):
         if image_norm not in IMAGE_NORMS:
             raise ModelError(f"{path}: unknown image normalisation {image_norm!r}")
         states = obj.get("members") or [obj["state_dict"]]
+        context = obj.get("job_context")
+        if context is not None and (len(context) != 3 or not all(np.isfinite(float(v)) for v in context)):
+            raise ModelError(f"{path}: job_context must be three finite numbers")
         return states, obj.get("output", "sigmoid"), bool(obj.get("tta", False)), image_norm, \
-            float(obj.get("logit_shift", 0.0)), json.loads(obj.get("card", "{}"))
+            float(obj.get("logit_shift", 0.0)), json.loads(obj.get("card", "{}")), \
+            [float(v) for v in context] if context is not None else None
     if "model_state_dict" in obj:
         state = {k: v for k, v in obj["model_state_dict"].items() if not k.startswith(_RELION_UNUSED_HEADS)}
-        return [state], "identity", False, "none", 0.0, {"source": "RELION class-ranker checkpoint (state dict only)"}
+        return [state], "identity", False, "none", 0.0, {"source": "RELION class-ranker checkpoint (state dict only)"}, None
     raise ModelError(f"{path}: a torch file, but neither our weights format nor a RELION checkpoint "
                      f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
 
@@ -232,7 +249,7 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
                          f"and would need code to run ({first[:120]})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: not a readable torch weights file ({str(exc).splitlines()[0][:120]})") from None
-    states, output, tta, image_norm, logit_shift, card = _state_dict_from(obj, path)
+    states, output, tta, image_norm, logit_shift, card, job_context = _state_dict_from(obj, path)
     dev = pick_device(device)
     nets = []
     for state in states:
@@ -244,13 +261,14 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
                              f"({str(exc).splitlines()[0][:160]})") from None
         nets.append(net.to(dev).eval())
     return Ranker(members=nets, path=path, output=output, tta=tta, image_norm=image_norm, logit_shift=logit_shift,
-                  card=card, device=dev)
+                  card=card, device=dev, job_context=job_context)
 
 
 def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = False,
-               image_norm: str = "none", logit_shift: float = 0.0) -> None:
+               image_norm: str = "none", logit_shift: float = 0.0, job_context=None) -> None:
     """Save weights in our format (tensors and plain values only), atomically.
-    ``net``: one network, or a list of them (an ensemble; scores are averaged)."""
+    ``net``: one network, or a list of them (an ensemble; scores are averaged);
+    ``job_context``: (a, b, c) of ranker.context, or None."""
     import torch
 
     nets = list(net) if isinstance(net, (list, tuple)) else [net]
@@ -259,6 +277,8 @@ def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = 
            "image_norm": image_norm, "logit_shift": float(logit_shift), "card": json.dumps(card, sort_keys=True)}
     if len(states) > 1:
         obj["members"] = states
+    if job_context is not None:
+        obj["job_context"] = [float(v) for v in job_context]
     tmp = path + ".tmp"
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -29,6 +29,7 @@ class Options:
     relative_thresholds: bool = False
     device: str = "auto"
     model: str | None = None
+    job_context: bool = True
     write_features: bool = False
     ignored: list[str] = field(default_factory=list)
 
@@ -51,6 +52,8 @@ SPEC = {
     "device": ("device", "str", "auto, cpu, cuda or cuda:N"),
     "model": ("model", "str", "weights file (default: the shipped model in models/); 'relion5' = RELION-5's "
                               "downloaded v1.0.ckpt in $TORCH_HOME/hub/checkpoints/relion_class_ranker/"),
+    "job_context": ("job_context", "flag", "score each class beside the job's best class, if the model has that "
+                                           "stage (default true; false = each class alone, as RELION)"),
     "write_features": ("write_features", "flag", "also write features.star and features_images.mrcs"),
     "pipeline_control": (None, "str", "added by RELION; names the job directory"),
 }

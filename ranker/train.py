@@ -3,7 +3,7 @@
 Usage::
 
     python -m ranker.train --jobs corpus/job* --out models/my_model.pt [--epochs 60] [--seed 0]
-    python -m ranker.train --init models/relion_external_rank_v2.pt --out my_facility.pt \\
+    python -m ranker.train --init models/relion_external_rank_v3.pt --out my_facility.pt \\
         --selection Class2D/job008/run_it025_optimiser.star:Select/job010/backup_selection.star ...
     python -m ranker.train --selection_list past_jobs.txt --project /data/proj --init ... --out ...
     python -m ranker.train --relion_star training/features_normalized.star --out ...
@@ -127,7 +127,8 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
     training jobs outside one fold (split by job), score that fold; the best threshold t on
     these unseen scores gives logit_shift = -logit(t), so that 0.5 then means t.
     ``oof_out``: also save the out-of-fold scores there (.npz, one row per scored class).
-    Returns (logit_shift, t, out-of-fold decision accuracy at 0.5 and at t)."""
+    Returns (logit_shift, t, out-of-fold decision accuracy at 0.5 and at t, the out-of-fold
+    scores (N,), NaN outside the training classes)."""
     from .model import Ranker
 
     jobs = np.array(sorted(set(np.array(data.job)[train_mask])))
@@ -149,7 +150,16 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
     n, n_true, targets = data.n_particles[scored], data.n_true[scored], data.targets[scored]
     before = decision_accuracy(oof[scored], n, n_true, targets)
     after = decision_accuracy(oof[scored], n, n_true, targets, t)
-    return float(-np.log(t / (1 - t))), t, before, after
+    return float(-np.log(t / (1 - t))), t, before, after, oof
+
+
+def fit_context_from_oof(data: LabelledClasses, oof, scored) -> list[float]:
+    """Job-context coefficients (ranker.context) from out-of-fold scores of the training classes."""
+    from .context import fit_job_context
+
+    n = np.maximum(np.nan_to_num(data.n_particles[scored]), 1)
+    purity = np.where(np.isfinite(data.n_true[scored]), data.n_true[scored] / n, data.targets[scored])
+    return fit_job_context(oof[scored], np.array(data.job)[scored], data.n_particles[scored], purity)
 
 
 def epoch_score(entry: dict) -> float:
@@ -234,7 +244,7 @@ def write_card(path: str, card: dict) -> None:
     lines += ["| item | value |", "|---|---|"]
     for key in ("seed", "ensemble", "epochs", "lr", "weight_decay", "batch", "dropout", "weight_by_particles", "image_norm",
                 "n_train_classes",
-                "n_val_classes", "n_train_jobs", "n_val_jobs", "keep_epoch", "kept_epoch", "val_auc", "val_decision",
+                "n_val_classes", "n_train_jobs", "n_val_jobs", "keep_epoch", "kept_epoch", "val_auc", "val_decision", "job_context",
                 "train_seconds"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")
@@ -281,11 +291,16 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate_folds", type=int, default=0,
                    help="fit the score shift that puts the best keep/reject threshold at 0.5, from "
                         "out-of-fold scores of K extra networks (split by job); 0 = no shift")
+    p.add_argument("--job_context", action="store_true",
+                   help="with --calibrate_folds: fit the job-context stage (ranker.context) on the out-of-fold "
+                        "scores and store it in the weights file (fine-tuning otherwise keeps the --init model's)")
     p.add_argument("--oof_out", default="", help="with --calibrate_folds: save the out-of-fold scores of the "
                    "training classes to this .npz (job, class_number, score, n_particles, n_true, target, kind)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.job_context and args.calibrate_folds < 2:
+        p.error("--job_context needs --calibrate_folds K (K >= 2): it is fitted on out-of-fold scores")
     if args.init:  # fine-tuning keeps the starting model's input convention and ensemble size
         from .model import load_model
         start = load_model(args.init, device="cpu")
@@ -313,14 +328,18 @@ def main(argv=None) -> int:
         histories.append(history)
     history = histories[0]
     calibration, logit_shift = {}, 0.0
+    job_context = start.job_context if args.init else None  # fine-tuning keeps it unless refitted
     if args.calibrate_folds > 1:
-        logit_shift, t, before, after = calibrate(
+        logit_shift, t, before, after, oof = calibrate(
             data, train_mask, args.calibrate_folds, args.seed, epochs=args.epochs, lr=args.lr,
             weight_decay=args.weight_decay, batch=args.batch, dropout=args.dropout, threads=args.threads,
             device=args.device, weight_by_particles=args.weight_by_particles, balance_kinds=args.balance_kinds,
             image_norm=args.image_norm, init=args.init, oof_out=args.oof_out)
         calibration = {"folds": args.calibrate_folds, "threshold": t, "logit_shift": logit_shift,
                        "oof_decision_at_0.5": before, "oof_decision_at_threshold": after}
+        if args.job_context:
+            job_context = fit_context_from_oof(data, oof, train_mask & np.isfinite(oof))
+            print(f"job context (ranker.context): a, b, c = {', '.join(f'{v:.3f}' for v in job_context)}")
         print(f"calibration: best out-of-fold threshold {t:.3f} (particle-weighted agreement with the oracle "
               f"{before:.3f} at 0.5 -> {after:.3f}); scores shifted by {logit_shift:+.3f} in logit")
     from .model import Ranker, save_model
@@ -343,7 +362,9 @@ def main(argv=None) -> int:
             "keep_epoch": args.keep_epoch, "kept_epoch": best["epoch"], "val_auc": best.get("val_auc"), "val_decision": best.get("val_decision"),
             "history": history, "member_histories": histories[1:],
             "train_seconds": round(time.time() - t0, 1)}
-    save_model(nets, args.out, card, tta=args.tta, image_norm=args.image_norm, logit_shift=logit_shift)
+    card["job_context"] = job_context
+    save_model(nets, args.out, card, tta=args.tta, image_norm=args.image_norm, logit_shift=logit_shift,
+               job_context=job_context)
     write_card(args.out, card)
     print(f"wrote {args.out} (epoch {best['epoch']}, validation AUC {best.get('val_auc')}, "
           f"decision accuracy {best.get('val_decision')})")

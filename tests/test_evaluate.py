@@ -18,7 +18,7 @@ def test_evaluate_shipped_model_on_fixtures(capsys):
 
 def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
     """Only the unscored classes (<= 10 particles) are dropped then."""
-    monkeypatch.setattr(Ranker, "score", lambda self, v, i, batch=512: np.full(len(v), 0.9, np.float32))
+    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.full(len(v), 0.9, np.float32))
     r = evalmod.evaluate([SIM, R5], log=lambda *a: None)
     assert r["0.5"]["junk_removed_vs_oracle"] < 0.01 and r["0.5"]["true_kept_vs_oracle"] >= 1
     assert 0.5 < r["0.5"]["decision_agreement"] < 0.95  # the junk classes get the wrong decision

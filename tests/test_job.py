@@ -34,7 +34,7 @@ def data_rows(path):
 
 def fake_scores(monkeypatch, fn):
     """Make the model return fn(K) for K scored classes (to test selection and outputs)."""
-    monkeypatch.setattr(Ranker, "score", lambda self, v, i, batch=512: np.asarray(fn(len(v)), np.float32))
+    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.asarray(fn(len(v)), np.float32))
 
 
 def test_full_job_writes_every_output(sim_project, test_model):
@@ -270,3 +270,23 @@ def test_3d_classification_is_refused(sim_project, test_model):
 def test_help(capsys):
     assert jobmod.main(["--help"]) == 0
     assert "--min_score" in capsys.readouterr().out
+
+
+def test_job_context_is_applied_and_can_be_turned_off(sim_project, tmp_path):
+    """The job scores all classes of the Class2D job together with the model's job-context stage;
+    --job_context false gives each class's own score (as RELION's ranker)."""
+    from ranker.context import apply_job_context
+    from ranker.model import build_net, save_model
+
+    import torch
+    torch.manual_seed(1)
+    path = str(tmp_path / "ctx.pt")
+    save_model(build_net(), path, card={}, job_context=[0.5, 2.0, 1.0])
+    runs = {}
+    for flag in ("true", "false"):
+        out = f"External/ctx_{flag}/"
+        assert jobmod.main(["--o", out, "--in_optimiser", SIM_OPT, "--model", path, "--job_context", flag]) == 0
+        scores = read_star(out + "rank_model.star")["model_classes"].float_column("rlnClassScore")
+        runs[flag] = np.array([s for s in scores if s != -999])
+    assert np.allclose(runs["true"], apply_job_context(runs["false"], [0.5, 2.0, 1.0]), atol=1e-5)
+    assert not np.allclose(runs["true"], runs["false"], atol=1e-3)

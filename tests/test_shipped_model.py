@@ -29,7 +29,7 @@ def test_shipped_model_auc_on_fixtures():
     scores, purity = [], []
     for root in (SIM, R5):
         d = from_truth_job(root)
-        scores += list(ranker.score(d.vectors, d.images))
+        scores += list(ranker.score_job(d.vectors, d.images))  # each fixture is one job, as the job scores it
         purity += list(d.n_true / d.n_particles)
     s, p = np.array(scores), np.array(purity)
     clear = (p >= 0.8) | (p <= 0.2)

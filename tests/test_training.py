@@ -126,7 +126,8 @@ def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
 def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
     out = str(tmp_path / "cal.pt")
     assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0",
-                          "--threads", "1", "--calibrate_folds", "2", "--oof_out", str(tmp_path / "oof.npz")]) == 0
+                          "--threads", "1", "--calibrate_folds", "2", "--oof_out", str(tmp_path / "oof.npz"),
+                          "--job_context"]) == 0
     r = load_model(out, device="cpu")
     cal = r.card["calibration"]
     oof = np.load(tmp_path / "oof.npz")
@@ -135,6 +136,14 @@ def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
     assert cal["folds"] == 2 and 0.2 <= cal["threshold"] <= 0.8
     assert np.isclose(r.logit_shift, -np.log(cal["threshold"] / (1 - cal["threshold"])))
     assert cal["oof_decision_at_threshold"] >= cal["oof_decision_at_0.5"]
+    # the job-context stage is fitted on those same out-of-fold scores (ranker.context's command gives the same)
+    from ranker.context import main as context_main
+    assert r.job_context is not None and r.card["job_context"] == r.job_context
+    assert context_main(["--oof", str(tmp_path / "oof.npz"), "--model", out, "--out", str(tmp_path / "c.pt")]) == 0
+    assert np.allclose(load_model(str(tmp_path / "c.pt"), device="cpu").job_context, r.job_context, atol=1e-4)
+    # it needs out-of-fold scores
+    with pytest.raises(SystemExit):
+        trainmod.main(["--jobs", SIM, "--out", str(tmp_path / "x.pt"), "--job_context"])
 
 
 def test_best_threshold_maximises_particle_weighted_agreement():
