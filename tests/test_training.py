@@ -63,9 +63,26 @@ def test_fine_tune_from_user_selection(tmp_path, monkeypatch):
     trainmod.main(["--jobs", SIM, "--out", base, "--epochs", "1", "--threads", "1", "--val_fraction", "0"])
     open("past.txt", "w").write(f"# facility history\n{SIM_OPT}:Select/job004/backup_selection.star\n")
     out = str(tmp_path / "tuned.pt")
+    r = load_model(base, device="cpu")  # give the starting model a job context: fine-tuning keeps it
+    from ranker.model import save_model
+    save_model(r.members, base, r.card, image_norm=r.image_norm, job_context=[0.5, 0.6, 0.8])
     assert trainmod.main(["--init", base, "--selection_list", "past.txt", "--out", out, "--epochs", "2",
                           "--threads", "1"]) == 0
-    assert load_model(out, device="cpu").card["init"] == base
+    tuned = load_model(out, device="cpu")
+    assert tuned.card["init"] == base and tuned.job_context == [0.5, 0.6, 0.8]
+
+
+def test_job_context_fit_uses_the_users_selection_where_counts_are_unknown():
+    """Selections have no particle truth: their 0/1 targets are the purity the context is fitted to."""
+    rng = np.random.default_rng(0)
+    k = 200
+    job = [f"job{i // 8}" for i in range(k)]
+    targets = (rng.uniform(size=k) < 0.5).astype(np.float32)
+    d = LabelledClasses(np.zeros((k, 24), np.float32), np.zeros((k, 64, 64), np.float32), targets, job,
+                        list(range(k)), rng.integers(20, 300, k).astype(float), np.full(k, np.nan))
+    oof = np.clip(targets * 0.6 + rng.uniform(0, 0.4, k), 0.01, 0.99)
+    coef = trainmod.fit_context_from_oof(d, oof, np.ones(k, bool))
+    assert np.all(np.isfinite(coef)) and coef[0] + coef[1] > 0.5  # higher network score, higher purity
 
 
 def test_relion_training_layout(tmp_path):
