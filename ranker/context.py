@@ -87,9 +87,10 @@ def main(argv=None) -> int:
     from .model import load_model, save_model
 
     d = np.load(a.oof)
-    n = np.maximum(d["n_particles"], 1)
-    coef = fit_job_context(d["score"], d["job"], d["n_particles"], np.where(np.isfinite(d["n_true"]), d["n_true"] / n,
-                                                                             d["target"]))
+    from .metrics import class_purity
+
+    purity = class_purity(d["n_particles"], d["n_true"], d["target"])
+    coef = fit_job_context(d["score"], d["job"], d["n_particles"], purity)
     r = load_model(a.model, device="cpu")
     card = dict(r.card, job_context={"coef": coef, "fitted_on": a.oof, "n_jobs": int(len(set(d["job"]))),
                                      "n_classes": int(len(d["score"]))})

@@ -25,6 +25,14 @@ def roc_auc(scores, positive) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def class_purity(n_particles, n_true, targets) -> np.ndarray:
+    """Fraction of real particles per class: n_true / n_particles where the truth is known,
+    else the class's target (a user's 0/1 selection)."""
+    n = np.maximum(np.nan_to_num(np.asarray(n_particles, float), nan=1.0), 1.0)
+    n_true = np.asarray(n_true, float)
+    return np.where(np.isfinite(n_true), n_true / n, np.asarray(targets, float))
+
+
 def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     """Particles kept/removed by a class selection, against the oracle that keeps exactly the
     classes with >= 50 % true particles.

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from .dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
-from .metrics import roc_auc, selection_vs_oracle
+from .metrics import class_purity, roc_auc, selection_vs_oracle
 
 
 def load_sources(args) -> LabelledClasses:
@@ -98,7 +98,7 @@ def decision_accuracy(scores, n_particles, n_true, targets, threshold: float = 0
     scoring >= ``threshold`` are kept (oracle: keep = at least half true particles). Uses the
     targets where the truth counts are unknown (user selections)."""
     n = np.nan_to_num(np.asarray(n_particles, float), nan=1.0)
-    truth = np.where(np.isfinite(n_true), np.asarray(n_true, float) / np.maximum(n, 1), targets)
+    truth = class_purity(n, n_true, targets)
     return selection_vs_oracle(np.asarray(scores) >= threshold, n, truth * n)["agreeing"] / float(n.sum())
 
 
@@ -157,8 +157,7 @@ def fit_context_from_oof(data: LabelledClasses, oof, scored) -> list[float]:
     """Job-context coefficients (ranker.context) from out-of-fold scores of the training classes."""
     from .context import fit_job_context
 
-    n = np.maximum(np.nan_to_num(data.n_particles[scored]), 1)
-    purity = np.where(np.isfinite(data.n_true[scored]), data.n_true[scored] / n, data.targets[scored])
+    purity = class_purity(data.n_particles[scored], data.n_true[scored], data.targets[scored])
     return fit_job_context(oof[scored], np.array(data.job)[scored], data.n_particles[scored], purity)
 
 
