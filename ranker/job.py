@@ -105,9 +105,10 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     jobdir.check_abort()
 
     inbox.put((fs.vectors, fs.images))
-    raw_scores, model_path, device = scorer.result()
+    raw_scores, model_path, device, context = scorer.result()
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
-    log(f"  model {model_path} on {device}")
+    log(f"  model {model_path} on {device}" + ("; scores read beside this job's best class (job context; "
+                                               "--job_context false scores each class alone)" if context else ""))
     log.stage("scores")
     jobdir.check_abort()
 

@@ -172,10 +172,12 @@ def score_when_ready(inbox, path, device, threads, use_context=True):
     """Load the model now, then score what arrives in ``inbox`` ((vectors, images)).
 
     Meant to run in a :class:`ranker.background.Background` process, so that importing
-    torch overlaps with reading data.star. Returns (scores, path, device)."""
+    torch overlaps with reading data.star. Returns (scores, path, device, whether the job
+    context was applied)."""
     ranker = load_model(path, device=device, threads=threads)
     vectors, images = inbox.get()
-    return ranker.score_job(vectors, images, use_context), ranker.path, ranker.device
+    context = use_context and ranker.job_context is not None
+    return ranker.score_job(vectors, images, use_context), ranker.path, ranker.device, context
 
 
 def dihedral_views(imgs):

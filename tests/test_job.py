@@ -272,7 +272,7 @@ def test_help(capsys):
     assert "--min_score" in capsys.readouterr().out
 
 
-def test_job_context_is_applied_and_can_be_turned_off(sim_project, tmp_path):
+def test_job_context_is_applied_and_can_be_turned_off(sim_project, tmp_path, capsys):
     """The job scores all classes of the Class2D job together with the model's job-context stage;
     --job_context false gives each class's own score (as RELION's ranker)."""
     from ranker.context import apply_job_context
@@ -287,6 +287,7 @@ def test_job_context_is_applied_and_can_be_turned_off(sim_project, tmp_path):
         out = f"External/ctx_{flag}/"
         assert jobmod.main(["--o", out, "--in_optimiser", SIM_OPT, "--model", path, "--job_context", flag]) == 0
         scores = read_star(out + "rank_model.star")["model_classes"].float_column("rlnClassScore")
+        assert ("job context" in capsys.readouterr().out) == (flag == "true")  # stdout = RELION's run.out
         runs[flag] = np.array([s for s in scores if s != -999])
     assert np.allclose(runs["true"], apply_job_context(runs["false"], [0.5, 2.0, 1.0]), atol=1e-5)
     assert not np.allclose(runs["true"], runs["false"], atol=1e-3)
