@@ -5,16 +5,21 @@ their good classes low; fragments of the protein score high next to the whole pa
 job-context stage rescales each class's network score s with the job's best class:
 
     z = logit(s),  z_best = max of z over the job's scored classes
-    score = sigmoid(a * z + b * (z - z_best) + c)
+    z_ctx = a * z + b * (z - z_best) + c
+    z_own = logit(the class's own calibrated score) = z + logit_shift
+    score = sigmoid(z_ctx)                                 where z_ctx <= z_own (lowered fully)
+            sigmoid(z_own + lift * (z_ctx - z_own))        where z_ctx >  z_own (lifted by a part)
 
 (a, b, c) are fitted by weighted logistic regression on the *out-of-fold* network scores of the
 training jobs (``ranker.train --calibrate_folds K --job_context``; each job scored by networks
-that never saw it), target = class purity, weight = sqrt(particles). They are stored in the
-weights file as ``job_context``; the job applies them unless ``--no_job_context``.
+that never saw it), target = class purity, weight = sqrt(particles); ``lift`` is then the value
+in 0, 0.25, ..., 1 whose keep/reject decisions at 0.5 agree with the oracle's for the most
+out-of-fold particles. They are stored in the weights file as ``job_context`` = [a, b, c, lift];
+the job applies them unless ``--job_context false``.
 
-Trade-off, stated plainly: the best class of a job is lifted (with the shipped coefficients its
-threshold on the network score drops to about 0.16), so in a job with no good class at all the
-best junk class is kept more often than by the network score alone.
+Trade-off, stated plainly: a low-scoring job's best class is lifted, so in a job with no good
+class at all the best junk class is kept more often than by the class's own score; ``lift`` < 1
+limits that.
 
 Usage (refit the stage of an existing model from a training run's out-of-fold scores):
 
@@ -44,12 +49,35 @@ def context_features(scores) -> np.ndarray:
     return np.stack([z, z - z.max(), np.ones_like(z)], 1)
 
 
-def apply_job_context(scores, coef) -> np.ndarray:
-    """Job-context scores (float32, shape (K,)) of ONE job's network scores (K,)."""
+def apply_job_context(scores, coef, logit_shift: float = 0.0) -> np.ndarray:
+    """Job-context scores (float32, shape (K,)) of ONE job's network scores (K,).
+
+    coef: (a, b, c) or (a, b, c, lift); lift defaults to 1 (z_ctx as it is)."""
     if len(scores) == 0:
         return np.zeros(0, np.float32)
-    x = context_features(scores) @ np.asarray(coef, np.float64)
-    return (1 / (1 + np.exp(-x))).astype(np.float32)
+    a, b, c, lift = (list(coef) + [1.0])[:4]
+    z_ctx = context_features(scores) @ np.array([a, b, c], np.float64)
+    z_own = _logit(scores) + logit_shift
+    z = np.where(z_ctx > z_own, z_own + lift * (z_ctx - z_own), z_ctx)
+    return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+
+def choose_lift(scores, job, n_particles, purity, coef, logit_shift: float = 0.0) -> float:
+    """The lift in 0, 0.25, ..., 1 whose decisions at 0.5 agree with the oracle's (keep a class
+    iff >= 50 % real) for the most particles; ties go to the smaller lift."""
+    scores, job = np.asarray(scores, float), np.asarray(job)
+    n = np.nan_to_num(np.asarray(n_particles, float))
+    real = np.asarray(purity, float) >= 0.5
+    best = None
+    for lift in (0.0, 0.25, 0.5, 0.75, 1.0):
+        out = np.zeros(len(scores))
+        for name in np.unique(job):
+            m = job == name
+            out[m] = apply_job_context(scores[m], list(coef[:3]) + [lift], logit_shift)
+        agree = float((((out >= 0.5) == real) * n).sum())
+        if best is None or agree > best[0] + 1e-9:
+            best = (agree, lift)
+    return best[1]
 
 
 def fit_job_context(scores, job, n_particles, purity) -> list[float]:
@@ -90,13 +118,14 @@ def main(argv=None) -> int:
     from .metrics import class_purity
 
     purity = class_purity(d["n_particles"], d["n_true"], d["target"])
-    coef = fit_job_context(d["score"], d["job"], d["n_particles"], purity)
     r = load_model(a.model, device="cpu")
+    coef = fit_job_context(d["score"], d["job"], d["n_particles"], purity)
+    coef.append(choose_lift(d["score"], d["job"], d["n_particles"], purity, coef, r.logit_shift))
     card = dict(r.card, job_context={"coef": coef, "fitted_on": a.oof, "n_jobs": int(len(set(d["job"]))),
                                      "n_classes": int(len(d["score"]))})
     save_model(r.members, a.out, card, output=r.output, tta=r.tta, image_norm=r.image_norm,
                logit_shift=r.logit_shift, job_context=coef)
-    print(f"job context a, b, c = {coef[0]:.3f}, {coef[1]:.3f}, {coef[2]:.3f} from {len(d['score'])} classes of "
+    print(f"job context a, b, c = {coef[0]:.3f}, {coef[1]:.3f}, {coef[2]:.3f}, lift {coef[3]:g} from {len(d['score'])} classes of "
           f"{len(set(d['job']))} jobs; wrote {a.out}")
     return 0
 

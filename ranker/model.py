@@ -118,7 +118,7 @@ class Ranker:
     logit_shift: float = 0.0
     card: dict = field(default_factory=dict)
     device: str = "cpu"
-    job_context: list | None = None  # (a, b, c) of ranker.context, or None
+    job_context: list | None = None  # (a, b, c, lift) of ranker.context, or None
 
     @property
     def net(self):
@@ -139,7 +139,7 @@ class Ranker:
             return self.score(vectors, images)
         from .context import apply_job_context
 
-        return apply_job_context(self.network_scores(vectors, images), self.job_context)
+        return apply_job_context(self.network_scores(vectors, images), self.job_context, self.logit_shift)
 
     def network_scores(self, vectors: np.ndarray, images: np.ndarray, batch: int = 512) -> np.ndarray:
         """The networks' own scores (float32, (K,)): with ``tta`` the mean over the 8
@@ -212,8 +212,8 @@ def _state_dict_from(obj, path: str):
             raise ModelError(f"{path}: unknown image normalisation {image_norm!r}")
         states = obj.get("members") or [obj["state_dict"]]
         context = obj.get("job_context")
-        if context is not None and (len(context) != 3 or not all(np.isfinite(float(v)) for v in context)):
-            raise ModelError(f"{path}: job_context must be three finite numbers")
+        if context is not None and (len(context) not in (3, 4) or not all(np.isfinite(float(v)) for v in context)):
+            raise ModelError(f"{path}: job_context must be three or four finite numbers (a, b, c[, lift])")
         return states, obj.get("output", "sigmoid"), bool(obj.get("tta", False)), image_norm, \
             float(obj.get("logit_shift", 0.0)), json.loads(obj.get("card", "{}")), \
             [float(v) for v in context] if context is not None else None
@@ -270,7 +270,7 @@ def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = 
                image_norm: str = "none", logit_shift: float = 0.0, job_context=None) -> None:
     """Save weights in our format (tensors and plain values only), atomically.
     ``net``: one network, or a list of them (an ensemble; scores are averaged);
-    ``job_context``: (a, b, c) of ranker.context, or None."""
+    ``job_context``: (a, b, c[, lift]) of ranker.context, or None."""
     import torch
 
     nets = list(net) if isinstance(net, (list, tuple)) else [net]

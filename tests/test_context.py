@@ -16,6 +16,28 @@ def test_formula_and_order_within_a_job():
     assert apply_job_context(s, [1, 0, 0]) == pytest.approx(s, abs=1e-4)  # (1, 0, 0) is no change
 
 
+def test_lift_limits_how_far_a_class_is_raised_never_how_far_it_is_lowered():
+    s = np.array([0.3, 0.1, 0.05])  # a low-SNR job: the context lifts its best class, lowers the others
+    full = apply_job_context(s, [0.5, 0.6, 0.8, 1.0], logit_shift=-0.2)
+    own = 1 / (1 + np.exp(-(np.log(s / (1 - s)) - 0.2)))
+    none = apply_job_context(s, [0.5, 0.6, 0.8, 0.0], logit_shift=-0.2)
+    half = apply_job_context(s, [0.5, 0.6, 0.8, 0.5], logit_shift=-0.2)
+    assert full[0] > own[0] and none[0] == pytest.approx(own[0], rel=1e-5)
+    z = lambda p: np.log(p / (1 - p))  # noqa: E731
+    assert z(half[0]) == pytest.approx((z(own[0]) + z(full[0])) / 2, rel=1e-4)
+    s2 = np.array([0.95, 0.3])  # a clear best class: the second is lowered, whatever the lift
+    full2, none2 = (apply_job_context(s2, [0.5, 0.6, 0.8, lift], logit_shift=-0.2) for lift in (1.0, 0.0))
+    assert full2[1] < 1 / (1 + np.exp(-(np.log(0.3 / 0.7) - 0.2))) and none2[1] == pytest.approx(full2[1])
+
+
+def test_choose_lift_picks_the_best_agreement():
+    from ranker.context import choose_lift
+    # one job whose best class is real but scores low: the smallest lift that keeps it (0.5 and less do not)
+    assert choose_lift([0.3, 0.05], ["j", "j"], [100, 100], [0.9, 0.0], [0.5, 0.6, 0.8]) == 0.75
+    # one job whose best class is junk: no lift
+    assert choose_lift([0.3, 0.05], ["j", "j"], [100, 100], [0.1, 0.0], [0.5, 0.6, 0.8]) == 0.0
+
+
 def test_fit_recovers_the_context_it_was_made_with():
     """Jobs whose purity depends on the class's score relative to the job's best are fitted
     with b > 0 (and the fit is deterministic)."""
@@ -47,10 +69,10 @@ def test_weights_file_carries_the_context(tmp_path, sim_project):
     obj = torch.load(path, weights_only=True)
     obj["job_context"] = [1.0, float("nan"), 0.0]
     torch.save(obj, path)
-    with pytest.raises(ModelError, match="job_context must be three finite numbers"):
+    with pytest.raises(ModelError, match="job_context must be three or four finite numbers"):
         load_model(path, device="cpu")
 
 
 def test_shipped_model_has_a_job_context():
     r = load_model(device="cpu")
-    assert r.job_context is not None and r.job_context[1] > 0
+    assert r.job_context is not None and len(r.job_context) == 4 and r.job_context[1] > 0
