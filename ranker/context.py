@@ -80,12 +80,13 @@ def choose_lift(scores, job, n_particles, purity, coef, logit_shift: float = 0.0
     return best[1]
 
 
-def fit_job_context(scores, job, n_particles, purity) -> list[float]:
-    """(a, b, c) from out-of-fold network scores of many jobs.
+def fit_job_context(scores, job, n_particles, purity, logit_shift: float = 0.0) -> list[float]:
+    """(a, b, c, lift) from out-of-fold network scores of many jobs.
 
     scores, n_particles, purity: (N,) over classes; job: (N,) job names (the context is taken
-    within each job). Target: purity (fraction of real particles, or a user's 0/1 selection);
-    weight sqrt(n_particles)."""
+    within each job). (a, b, c): weighted logistic regression, target purity (fraction of real
+    particles, or a user's 0/1 selection), weight sqrt(n_particles); then lift by
+    :func:`choose_lift`, with the model's ``logit_shift``."""
     from scipy.optimize import minimize
 
     scores, job = np.asarray(scores, float), np.asarray(job)
@@ -102,7 +103,8 @@ def fit_job_context(scores, job, n_particles, purity) -> list[float]:
         p = np.clip(1 / (1 + np.exp(-x @ coef)), 1e-6, 1 - 1e-6)
         return -(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).mean() + L2 * (coef[:2] ** 2).sum()
 
-    return [float(v) for v in minimize(loss, np.array([1.0, 0.0, 0.0]), method="L-BFGS-B").x]
+    coef = [float(v) for v in minimize(loss, np.array([1.0, 0.0, 0.0]), method="L-BFGS-B").x]
+    return coef + [choose_lift(scores, job, n_particles, purity, coef, logit_shift)]
 
 
 def main(argv=None) -> int:
@@ -112,15 +114,13 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="weights file whose networks made those scores")
     p.add_argument("--out", required=True, help="weights file to write (the same networks + job_context)")
     a = p.parse_args(argv)
+    from .metrics import class_purity
     from .model import load_model, save_model
 
     d = np.load(a.oof)
-    from .metrics import class_purity
-
-    purity = class_purity(d["n_particles"], d["n_true"], d["target"])
     r = load_model(a.model, device="cpu")
-    coef = fit_job_context(d["score"], d["job"], d["n_particles"], purity)
-    coef.append(choose_lift(d["score"], d["job"], d["n_particles"], purity, coef, r.logit_shift))
+    purity = class_purity(d["n_particles"], d["n_true"], d["target"])
+    coef = fit_job_context(d["score"], d["job"], d["n_particles"], purity, r.logit_shift)
     card = dict(r.card, job_context={"coef": coef, "fitted_on": a.oof, "n_jobs": int(len(set(d["job"]))),
                                      "n_classes": int(len(d["score"]))})
     save_model(r.members, a.out, card, output=r.output, tta=r.tta, image_norm=r.image_norm,

@@ -156,12 +156,10 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
 def fit_context_from_oof(data: LabelledClasses, oof, scored, logit_shift: float = 0.0) -> list[float]:
     """Job-context coefficients (a, b, c, lift; ranker.context) from out-of-fold scores of the
     training classes."""
-    from .context import choose_lift, fit_job_context
+    from .context import fit_job_context
 
     purity = class_purity(data.n_particles[scored], data.n_true[scored], data.targets[scored])
-    job, n = np.array(data.job)[scored], data.n_particles[scored]
-    coef = fit_job_context(oof[scored], job, n, purity)
-    return coef + [choose_lift(oof[scored], job, n, purity, coef, logit_shift)]
+    return fit_job_context(oof[scored], np.array(data.job)[scored], data.n_particles[scored], purity, logit_shift)
 
 
 def epoch_score(entry: dict) -> float:
@@ -341,7 +339,7 @@ def main(argv=None) -> int:
                        "oof_decision_at_0.5": before, "oof_decision_at_threshold": after}
         if args.job_context:
             job_context = fit_context_from_oof(data, oof, train_mask & np.isfinite(oof), logit_shift)
-            print(f"job context (ranker.context): a, b, c = {', '.join(f'{v:.3f}' for v in job_context)}")
+            print(f"job context (ranker.context): a, b, c, lift = {', '.join(f'{v:.3f}' for v in job_context)}")
         print(f"calibration: best out-of-fold threshold {t:.3f} (particle-weighted agreement with the oracle "
               f"{before:.3f} at 0.5 -> {after:.3f}); scores shifted by {logit_shift:+.3f} in logit")
     from .model import Ranker, save_model
