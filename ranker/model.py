@@ -135,11 +135,15 @@ class Ranker:
         """Scores (float32, shape (K,)) of ALL scored classes of ONE 2D classification: with the
         model's job-context stage (ranker.context) when it has one and ``use_context``, else
         :meth:`score`."""
-        if self.job_context is None or not use_context:
+        if not self.context_applies(use_context):
             return self.score(vectors, images)
         from .context import apply_job_context
 
         return apply_job_context(self.network_scores(vectors, images), self.job_context, self.logit_shift)
+
+    def context_applies(self, use_context: bool = True) -> bool:
+        """Whether :meth:`score_job` reads the scores in job context (the model has the stage)."""
+        return bool(use_context) and self.job_context is not None
 
     def network_scores(self, vectors: np.ndarray, images: np.ndarray, batch: int = 512) -> np.ndarray:
         """The networks' own scores (float32, (K,)): with ``tta`` the mean over the 8
@@ -176,8 +180,8 @@ def score_when_ready(inbox, path, device, threads, use_context=True):
     context was applied)."""
     ranker = load_model(path, device=device, threads=threads)
     vectors, images = inbox.get()
-    context = use_context and ranker.job_context is not None
-    return ranker.score_job(vectors, images, use_context), ranker.path, ranker.device, context
+    return (ranker.score_job(vectors, images, use_context), ranker.path, ranker.device,
+            ranker.context_applies(use_context))
 
 
 def dihedral_views(imgs):
