@@ -28,6 +28,7 @@ from .threshold import auto_threshold
 
 
 JUNK_KINDS = ("noise", "ice", "edge", "aggregate", "offcentre", "partial")
+NEAR_CUT = 0.15  # a class within 15 points of the oracle's 50 % cut counts as "near the cut"
 
 
 def _job_rows(project: str, ignore_kinds=()):
@@ -54,6 +55,7 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
     per_job, pooled_scores, pooled_purity, pooled_n = [], [], [], []
     sums = {"0.5": {}, "auto": {}}
     missed = dict.fromkeys(JUNK_KINDS, 0.0)  # junk in classes the oracle removes but 0.5 keeps
+    near = dict.fromkeys(("junk_near", "junk_far", "true_near", "true_far"), 0.0)  # misses at 0.5 by purity
     for project in projects:
         data = from_truth_job(project)
         scores = ranker.score_job(data.vectors, data.images, use_context)
@@ -64,10 +66,13 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
         t = np.array([classes[k][1] for k in numbers])
         purity = t / n
         s = np.array([by_class.get(k, -999.0) for k in numbers])
-        for k, keep, pure in zip(numbers, s >= 0.5, purity):
+        for k, keep, pure, n_k, t_k in zip(numbers, s >= 0.5, purity, n, t):
             if keep and pure < 0.5:
                 for kind, count in classes[k][2].items():
                     missed[kind] += count
+                near["junk_near" if pure >= 0.5 - NEAR_CUT else "junk_far"] += n_k - t_k
+            elif not keep and pure >= 0.5:
+                near["true_near" if pure < 0.5 + NEAR_CUT else "true_far"] += t_k
         scored = s > -999
         clear = scored & ((purity >= 0.8) | (purity <= 0.2))
         auc = roc_auc(s[clear], purity[clear] >= 0.8)
@@ -103,6 +108,9 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
     result["reliability"] = table
     total_missed = sum(missed.values())
     result["junk_kept_by_kind"] = {k: v / total_missed for k, v in missed.items() if v}
+    oracle_junk, oracle_true = sums["0.5"]["oracle_junk_removed"], sums["0.5"]["oracle_true_kept"]
+    result["misses_by_purity"] = {k: v / max(oracle_junk if k.startswith("junk") else oracle_true, 1)
+                                  for k, v in near.items()}
     return result
 
 
@@ -128,6 +136,12 @@ def to_markdown(r: dict) -> str:
     if r.get("junk_kept_by_kind"):
         out.append("- junk that threshold 0.5 keeps but the oracle removes, by kind: " + ", ".join(
             f"{k} {100 * v:.0f} %" for k, v in sorted(r["junk_kept_by_kind"].items(), key=lambda kv: -kv[1])))
+    if r.get("misses_by_purity"):
+        m, lo, hi = r["misses_by_purity"], int(100 * (0.5 - NEAR_CUT)), int(100 * (0.5 + NEAR_CUT))
+        out.append(f"- where threshold 0.5 misses, as % of the oracle's removed junk / kept real particles: junk kept in "
+                   f"classes {lo}-50 % real (near the cut) {100 * m['junk_near']:.1f} %, in classes < {lo} % real "
+                   f"{100 * m['junk_far']:.1f} %; real lost in classes 50-{hi} % real {100 * m['true_near']:.1f} %, in "
+                   f"classes >= {hi} % real {100 * m['true_far']:.1f} %")
     out += ["", "Reliability (scored classes pooled):", "", "| score bin | classes | mean purity | particle-weighted purity |",
             "|---|---|---|---|"]
     out += [f"| {lo:.1f}-{hi:.1f} | {n} | {p:.2f} | {w:.2f} |" for lo, hi, n, p, w in r["reliability"]]

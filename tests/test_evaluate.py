@@ -25,3 +25,15 @@ def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
     assert r["junk_kept_by_kind"] and abs(sum(r["junk_kept_by_kind"].values()) - 1) < 1e-9
     assert max(r["junk_kept_by_kind"], key=r["junk_kept_by_kind"].get) == "noise"  # both fixtures' junk class
     assert "junk that threshold 0.5 keeps but the oracle removes, by kind: noise" in evalmod.to_markdown(r)
+    m = r["misses_by_purity"]  # the fixtures' junk classes are pure noise: all misses far from the cut
+    assert m["junk_far"] > 0.99 and m["junk_near"] == 0 and m["true_near"] == m["true_far"] == 0
+
+
+def test_keeping_nothing_loses_the_real_particles_in_clean_classes(monkeypatch):
+    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.full(len(v), 0.1, np.float32))
+    r = evalmod.evaluate([SIM, R5], log=lambda *a: None)
+    m = r["misses_by_purity"]
+    assert r["0.5"]["true_kept_vs_oracle"] == 0 and m["junk_near"] == m["junk_far"] == 0
+    # every real particle the oracle keeps is lost, most of them in clean (>= 65 % real) classes
+    assert abs(m["true_near"] + m["true_far"] - 1) < 1e-9 and m["true_far"] > 0.9
+    assert "real lost in classes 50-65 % real" in evalmod.to_markdown(r)
