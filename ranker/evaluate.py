@@ -12,6 +12,8 @@ fixtures and :mod:`ranker.simulate` make them). Prints, per job and pooled:
   as fractions of what the oracle achieves (the oracle keeps exactly the classes with
   >= 50 % true particles), and the junk inside majority-true classes that no class
   selection can remove;
+* where 0.5 misses: the oracle's junk it keeps and real particles it loses, split into classes
+  within ``NEAR_CUT`` of the 50 % cut and classes farther from it;
 * a reliability table: predicted score bins against the observed purity.
 """
 
