@@ -49,31 +49,44 @@ def context_features(scores) -> np.ndarray:
     return np.stack([z, z - z.max(), np.ones_like(z)], 1)
 
 
+def job_features(scores, job) -> np.ndarray:
+    """(N, 3) design matrix of classes from many jobs: :func:`context_features` within each job."""
+    scores, job = np.asarray(scores, float), np.asarray(job)
+    x = np.zeros((len(scores), 3))
+    for name in np.unique(job):
+        m = job == name
+        x[m] = context_features(scores[m])
+    return x
+
+
+def _context_scores(x, scores, coef, logit_shift: float) -> np.ndarray:
+    """Scores (float32) from design rows x (N, 3) and the same classes' network scores (N,)."""
+    a, b, c, lift = (list(coef) + [1.0])[:4]
+    z_ctx = x @ np.array([a, b, c], np.float64)
+    z_own = _logit(scores) + logit_shift
+    z = np.where(z_ctx > z_own, z_own + lift * (z_ctx - z_own), z_ctx)
+    return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+
 def apply_job_context(scores, coef, logit_shift: float = 0.0) -> np.ndarray:
     """Job-context scores (float32, shape (K,)) of ONE job's network scores (K,).
 
     coef: (a, b, c) or (a, b, c, lift); lift defaults to 1 (z_ctx as it is)."""
     if len(scores) == 0:
         return np.zeros(0, np.float32)
-    a, b, c, lift = (list(coef) + [1.0])[:4]
-    z_ctx = context_features(scores) @ np.array([a, b, c], np.float64)
-    z_own = _logit(scores) + logit_shift
-    z = np.where(z_ctx > z_own, z_own + lift * (z_ctx - z_own), z_ctx)
-    return (1 / (1 + np.exp(-z))).astype(np.float32)
+    return _context_scores(context_features(scores), scores, coef, logit_shift)
 
 
 def choose_lift(scores, job, n_particles, purity, coef, logit_shift: float = 0.0) -> float:
     """The lift in 0, 0.25, ..., 1 whose decisions at 0.5 agree with the oracle's (keep a class
     iff >= 50 % real) for the most particles; ties go to the smaller lift."""
-    scores, job = np.asarray(scores, float), np.asarray(job)
+    scores = np.asarray(scores, float)
+    x = job_features(scores, job)
     n = np.nan_to_num(np.asarray(n_particles, float))
     real = np.asarray(purity, float) >= 0.5
     best = None
     for lift in (0.0, 0.25, 0.5, 0.75, 1.0):
-        out = np.zeros(len(scores))
-        for name in np.unique(job):
-            m = job == name
-            out[m] = apply_job_context(scores[m], list(coef[:3]) + [lift], logit_shift)
+        out = _context_scores(x, scores, list(coef[:3]) + [lift], logit_shift)
         agree = float((((out >= 0.5) == real) * n).sum())
         if best is None or agree > best[0] + 1e-9:
             best = (agree, lift)
@@ -89,13 +102,9 @@ def fit_job_context(scores, job, n_particles, purity, logit_shift: float = 0.0) 
     :func:`choose_lift`, with the model's ``logit_shift``."""
     from scipy.optimize import minimize
 
-    scores, job = np.asarray(scores, float), np.asarray(job)
     n = np.maximum(np.nan_to_num(np.asarray(n_particles, float)), 1.0)
     y = np.clip(np.nan_to_num(np.asarray(purity, float)), 0, 1)
-    x = np.zeros((len(scores), 3))
-    for name in np.unique(job):
-        m = job == name
-        x[m] = context_features(scores[m])
+    x = job_features(scores, job)
     w = np.sqrt(n)
     w /= w.mean()
 
