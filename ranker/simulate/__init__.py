@@ -39,10 +39,17 @@ Usage
         are skipped, a crashed job is removed and logged in CORPUS/failed/
     python -m ranker.simulate summary CORPUS
         progress: finished jobs, wall times, good / bad / mixed / empty classes
+    python -m ranker.simulate compare RELION_CORPUS QUICK_CORPUS [--md OUT.md]
+        feature distributions of good and junk classes, relion_refine vs quickclass
+
+``job`` and ``many`` take ``--classifier quick``: step 4 then uses ``quickclass``, a fast
+in-Python stand-in for relion_refine (seconds per job instead of minutes; NOT RELION, so its
+classes are checked against RELION-classified jobs with ``compare`` before being trusted).
 
 Modules, in the order the data flows: ``structures`` (coordinates: Debian packages, pseudo-atomic
 models), ``optics`` (density map, CTF, views), ``project`` (one job: particles, junk, relion_refine),
-``truth`` (per-class truth, montage, clean-up), ``corpus`` (varied jobs, restartable), ``files``
+``quickclass`` (the fast stand-in for relion_refine), ``truth`` (per-class truth, montage, clean-up),
+``corpus`` (varied jobs, restartable), ``compare`` (quick vs RELION feature distributions), ``files``
 (kinds, STAR/MRC helpers), ``__main__`` (the command line).
 
 Requires relion_project and relion_refine (RELION 3.1) on PATH, numpy, scipy,

@@ -68,6 +68,8 @@ def main(argv=None):
     pj.add_argument("--seed", type=int, default=1)
     pj.add_argument("--split", default="train", choices=["train", "val", "heldout"])
     pj.add_argument("--keep", action="store_true", help="keep stacks, maps and all iterations")
+    pj.add_argument("--classifier", default="relion", choices=["relion", "quick"],
+                    help="relion_refine, or the fast in-Python stand-in (quickclass; not RELION)")
 
     pp = sub.add_parser("spec", help="one project from a JSON spec")
     pp.add_argument("outdir")
@@ -88,6 +90,13 @@ def main(argv=None):
                     help="log-uniform SNR range of the jobs")
     pm.add_argument("--junk_kinds", default="", help="comma-separated junk kinds jobs draw from (default all: "
                     + ",".join(JUNK_KINDS) + ")")
+    pm.add_argument("--classifier", default="relion", choices=["relion", "quick"],
+                    help="relion_refine, or the fast in-Python stand-in (quickclass; not RELION)")
+
+    pc = sub.add_parser("compare", help="feature distributions: RELION- vs quick-classified corpus")
+    pc.add_argument("relion_corpus")
+    pc.add_argument("quick_corpus")
+    pc.add_argument("--md", default="", help="also write the Markdown table here")
 
     pq = sub.add_parser("summary", help="progress of a corpus")
     pq.add_argument("corpus")
@@ -106,7 +115,7 @@ def main(argv=None):
                     snr=a.snr, n_good=a.n_good, junk=a.junk, junk_contrast=a.junk_contrast, n_mics=a.n_mics,
                     defocus_um=list(a.defocus), kv=a.kv, cs=a.cs, q0=a.q0, n_views=a.n_views, K=a.K,
                     n_iter=a.iter, psi_step=a.psi_step, offset_range=a.offset_range, offset_step=a.offset_step,
-                    threads=a.threads, seed=a.seed, split=a.split)
+                    threads=a.threads, seed=a.seed, split=a.split, classifier=a.classifier)
         info = build_project(spec, a.outdir, keep=a.keep)
         print(json.dumps(info["class_summary"]), f"{info['seconds_total']:.0f} s")
     elif a.cmd == "spec":
@@ -122,7 +131,14 @@ def main(argv=None):
         run_many(a.corpus, a.n, a.structures or None, a.seed, held, a.budget, a.relion_timeout,
                  a.retry_failed, a.stop_after_hours * 3600 if a.stop_after_hours else None,
                  log=lambda m: print(m, flush=True), snr_range=tuple(a.snr_range),
-                 junk_kinds=[k for k in a.junk_kinds.split(",") if k] or None)
+                 junk_kinds=[k for k in a.junk_kinds.split(",") if k] or None, classifier=a.classifier)
+    elif a.cmd == "compare":
+        from ranker.simulate.compare import compare
+        md = compare(a.relion_corpus, a.quick_corpus)
+        print(md, end="")
+        if a.md:
+            with open(a.md, "w") as f:
+                f.write(md)
     elif a.cmd == "summary":
         summarise(a.corpus, a.jobs)
     return 0

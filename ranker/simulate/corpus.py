@@ -169,11 +169,12 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
 
 def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48), budget=None,
              relion_timeout=900, retry_failed=False, stop_after_s=None, log=print, snr_range=(0.03, 0.3),
-             junk_kinds=None):
+             junk_kinds=None, classifier="relion"):
     """Build jobs CORPUS/job0001..jobNNNN one at a time (skipping finished or failed ones).
 
     A job is built in CORPUS/jobNNNN.tmp and renamed when complete; a crash removes it and
-    writes CORPUS/failed/jobNNNN.log."""
+    writes CORPUS/failed/jobNNNN.log. ``classifier``: "relion" (relion_refine) or "quick"
+    (ranker.simulate.quickclass, not RELION; for volume, check it with ``compare``)."""
     os.makedirs(corpus, exist_ok=True)
     structures = {}
     if structures_dir and os.path.exists(os.path.join(structures_dir, "structures.json")):
@@ -199,6 +200,7 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
             if os.path.exists(d):
                 shutil.rmtree(d)
         spec = sample_spec(idx, base_seed, structures, heldout_idx, budget, snr_range, junk_kinds)
+        spec["classifier"] = classifier
         log(f"[{time.strftime('%H:%M:%S')}] {name} ({spec['split']}): {spec['protein']['name']} box {spec['box']} "
             f"x {spec['angpix']} A, SNR {spec['snr']}, good {spec['n_good']}, junk {spec['junk']}, "
             f"K {spec['K']}, iter {spec['n_iter']}")

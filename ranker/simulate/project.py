@@ -28,6 +28,7 @@ from ranker.simulate.optics import (
     pref_euler,
     relion_normalise,
 )
+from ranker.simulate.quickclass import quick_class2d
 from ranker.simulate.structures import (
     pseudo_model,
     read_structure_atoms,
@@ -52,7 +53,7 @@ DEFAULT_SPEC = dict(
     defocus_um=[1.0, 2.5], astig_A=[100, 600], shift_sd_px=1.0,
     n_views=6, view_spread_deg=12.0, frac_uniform=0.3,
     K=12, n_iter=15, tau2_fudge=2.0, psi_step=16.0, offset_range=3, offset_step=2,
-    mask_diameter_A=None, pool=30, threads=1, seed=1, split="train",
+    mask_diameter_A=None, pool=30, threads=1, seed=1, split="train", classifier="relion",
 )
 
 
@@ -378,8 +379,50 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     counts = dict(Counter(t["kind"] for t in truth))
     log(f"  particles: {len(truth)} {counts}; noise sd measured {measured:.4g}")
 
-    # ---- RELION 2D classification
+    # ---- 2D classification: real relion_refine, or the quick in-Python stand-in (quickclass)
     os.makedirs(P("Class2D", "job002"), exist_ok=True)
+    K, it = int(s["K"]), int(s["n_iter"])
+    if s["classifier"] not in ("relion", "quick"):
+        raise ValueError(f"unknown classifier {s['classifier']!r} (relion or quick)")
+    t0 = time.time()
+    if s["classifier"] == "quick":
+        cmd = [quick_class2d(proj_dir, s, mask_d, rng, log)]
+    else:
+        cmd = _relion_class2d(proj_dir, s, mask_d, relion_timeout, log)
+    t_refine = time.time() - t0
+
+    # ---- truth per class, montage, clean-up
+    class_rows = analyse_class2d(proj_dir, it)
+    try:
+        montage(proj_dir, it, class_rows, P("classes_montage.png"))
+    except Exception as e:  # matplotlib missing: not essential
+        log(f"  montage skipped: {e}")
+    if not keep:
+        cleanup(proj_dir, it)
+    strip_progress(P("Class2D", "job002", "run.out"))
+    summ = class_summary(class_rows)
+    info = dict(
+        spec=s, split=s["split"], protein=s["protein"], map=map_info, box=box, angpix=apix,
+        box_A=round(box * apix, 1), snr=float(s["snr"]), noise_sigma=sigma, signal_var=sig_var,
+        noise_sigma_measured=measured, counts=counts, n_particles=len(truth),
+        junk_fraction=round(1 - counts.get("good", 0) / len(truth), 4), K=K, n_iter=it,
+        classifier=s["classifier"], relion_command=" ".join(cmd),
+        relion_version=relion_version() if s["classifier"] == "relion" else "none (quickclass, not RELION)",
+        seconds_project=round(t_project, 1), seconds_refine=round(t_refine, 1),
+        seconds_total=round(time.time() - t_start, 1), class_summary=summ,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        note=(("relion_refine was run directly from the project root (not through relion_pipeliner); "
+               if s["classifier"] == "relion" else
+               "classes made by ranker.simulate.quickclass (in-Python stand-in, NOT relion_refine); ")
+              + "Import/job001/particles.star is the simulated particle STAR file; particle stacks deleted"))
+    with open(P("corpus_job.json"), "w") as f:
+        json.dump(info, f, indent=1, default=json_default)
+    return info
+
+
+def _relion_class2d(proj_dir, s, mask_d, relion_timeout, log):
+    """Run relion_refine 2D classification from the project root; returns the command (list)."""
+    P = lambda *a: os.path.join(proj_dir, *a)  # noqa: E731
     K, it = int(s["K"]), int(s["n_iter"])
     cmd = ["relion_refine", "--o", "Class2D/job002/run", "--i", "Import/job001/particles.star",
            "--dont_combine_weights_via_disc", "--preread_images", "--pool", str(int(s["pool"])), "--pad", "2",
@@ -403,28 +446,4 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
         err = open(P("Class2D", "job002", "run.err")).read()[-2000:]
         raise JobError(f"relion_refine failed (rc {r.returncode}): {err}")
     log(f"  relion_refine K={K} iter={it}: {t_refine:.0f} s")
-
-    # ---- truth per class, montage, clean-up
-    class_rows = analyse_class2d(proj_dir, it)
-    try:
-        montage(proj_dir, it, class_rows, P("classes_montage.png"))
-    except Exception as e:  # matplotlib missing: not essential
-        log(f"  montage skipped: {e}")
-    if not keep:
-        cleanup(proj_dir, it)
-    strip_progress(P("Class2D", "job002", "run.out"))
-    summ = class_summary(class_rows)
-    info = dict(
-        spec=s, split=s["split"], protein=s["protein"], map=map_info, box=box, angpix=apix,
-        box_A=round(box * apix, 1), snr=float(s["snr"]), noise_sigma=sigma, signal_var=sig_var,
-        noise_sigma_measured=measured, counts=counts, n_particles=len(truth),
-        junk_fraction=round(1 - counts.get("good", 0) / len(truth), 4), K=K, n_iter=it,
-        relion_command=" ".join(cmd), relion_version=relion_version(),
-        seconds_project=round(t_project, 1), seconds_refine=round(t_refine, 1),
-        seconds_total=round(time.time() - t_start, 1), class_summary=summ,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        note=("relion_refine was run directly from the project root (not through relion_pipeliner); "
-              "Import/job001/particles.star is the simulated particle STAR file; particle stacks deleted"))
-    with open(P("corpus_job.json"), "w") as f:
-        json.dump(info, f, indent=1, default=json_default)
-    return info
+    return cmd

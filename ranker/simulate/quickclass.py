@@ -1,0 +1,407 @@
+"""A fast in-Python stand-in for ``relion_refine`` 2D classification of a simulated project.
+
+Used for volume (``--classifier quick`` of ``python -m ranker.simulate job/spec/many``); it is
+**not RELION** and its classes must be checked against RELION-classified jobs before they are
+trusted (``python -m ranker.simulate compare``; table in models/MODEL_CARD.md).
+
+What it does, per job (about 5-20 s where relion_refine takes minutes):
+
+1. **Membership** is drawn from each particle's truth, as RELION 3.1's classes look in our
+   corpus: particles are grouped by what they are (junk kind; good particles by preferred view),
+   the K classes are shared out over the groups (bigger groups get more classes; small groups
+   none, their particles are absorbed), a random part of the classes stays empty, and a
+   job-level fraction of particles (more at low SNR) lands in a class of another group.
+2. **Alignment** is a real search: each class starts from the unaligned (good members: in-plane
+   truth-aligned) average, then two rounds align every member to the class average (in-plane
+   rotation in 10 deg steps x translations within ``offset_range``, by FFT cross-correlation of
+   phase-flipped images at <= 64 px).
+3. **Averaging** is CTF-corrected (Wiener: sum CTF x image / (sum CTF^2 + 1)), regularised by
+   the class's own spectral SNR from two half-averages (SSNR / (SSNR + 1), x ``tau2_fudge``) and
+   masked with a soft circle of the particle diameter (zero outside), as RELION's references are.
+4. **Metadata**: ``rlnEstimatedResolution`` is the shell before the half-average SSNR drops
+   below 1 (RELION's rule), written with ``data_model_class_<k>`` SSNR tables;
+   ``rlnAccuracyRotations`` / ``rlnAccuracyTranslationsAngst`` are the rotation (deg) / shift (A)
+   at which the class average changes by more than the noise of ``ACCURACY_PARTICLES`` particles
+   (a chi-square of 1 over the CTF-weighted spectrum; the constant sets the scale only);
+   ``rlnClassDistribution`` is the member fraction.
+
+Output: ``Class2D/job002/run_itNNN_{optimiser,model,data}.star`` and ``run_itNNN_classes.mrcs`` in
+RELION 3.1's layout, so everything downstream (truth, features, training, evaluation) reads it
+like a relion_refine job. Units: pixel size and resolutions in A, angles in deg.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import numpy as np
+from scipy import ndimage
+
+from ranker.simulate.files import load_mrc, read_star_loop, save_mrc, write_star
+from ranker.simulate.optics import ctf2d
+
+ALIGN_PX = 64              # alignment search box (px); bigger boxes are Fourier-cropped to this
+ROT_STEP_DEG = 10.0
+ALIGN_ROUNDS = 2
+ACCURACY_PARTICLES = 3.0   # noise of this many particles sets the accuracy scale (see module doc)
+MIX_AT_SNR_0_1 = (0.05, 0.30)  # job-level fraction of particles put in another group's class
+
+
+def _fourier_crop(img, m):
+    n = img.shape[-1]
+    if m >= n:
+        return img
+    F = np.fft.fftshift(np.fft.fft2(img), axes=(-2, -1))
+    c = n // 2
+    F = F[..., c - m // 2:c + m // 2, c - m // 2:c + m // 2]
+    return np.real(np.fft.ifft2(np.fft.ifftshift(F, axes=(-2, -1)))) * (m / n) ** 2
+
+
+def _soft_circle(n, radius_px, edge_px=5.0):
+    y, x = np.indices((n, n)) - n // 2
+    r = np.hypot(x, y)
+    m = np.clip((radius_px + edge_px - r) / edge_px, 0, 1)
+    return 0.5 - 0.5 * np.cos(np.pi * m)
+
+
+def _shell_index(n):
+    f = np.fft.fftfreq(n) * n
+    return np.rint(np.hypot(*np.meshgrid(f, f))).astype(int)
+
+
+def assign_classes(groups, K, snr, rng):
+    """Class number (1..K) per particle from its group label (list of str), as RELION 3.1's
+    classes of our corpus look: classes shared out by group size, some empty, some mixing.
+    Returns (class numbers int array, mixing fraction used)."""
+    labels = sorted(set(groups))
+    idx = {g: np.where(np.asarray(groups) == g)[0] for g in labels}
+    n_empty = int(rng.binomial(K, rng.uniform(0.0, 0.35)))
+    k_used = max(1, K - n_empty)
+    w = np.array([len(idx[g]) ** 0.7 for g in labels], float)
+    share = k_used * w / w.sum()
+    n_cls = np.floor(share).astype(int)
+    for j in np.argsort(-(share - n_cls))[:k_used - n_cls.sum()]:
+        n_cls[j] += 1
+    cls = np.zeros(len(groups), int)
+    slots = rng.permutation(K) + 1
+    nxt = 0
+    owned = []
+    for g, nc in zip(labels, n_cls):
+        if nc == 0:
+            continue
+        mine = slots[nxt:nxt + nc]
+        nxt += nc
+        p = rng.dirichlet(np.full(nc, 2.0))
+        cls[idx[g]] = rng.choice(mine, size=len(idx[g]), p=p)
+        owned.extend(mine)
+    orphans = np.where(cls == 0)[0]
+    sizes = np.bincount(cls, minlength=K + 1)[1:].astype(float)
+    if len(orphans):
+        cls[orphans] = rng.choice(np.arange(1, K + 1), size=len(orphans), p=sizes / sizes.sum())
+    lo, hi = MIX_AT_SNR_0_1
+    mix = min(0.6, rng.uniform(lo, hi) * math.sqrt(0.1 / max(snr, 1e-3)))
+    sizes = np.bincount(cls, minlength=K + 1)[1:].astype(float)
+    moved = np.where(rng.uniform(size=len(cls)) < mix)[0]
+    if len(moved) and sizes.sum():
+        cls[moved] = rng.choice(np.arange(1, K + 1), size=len(moved), p=sizes / sizes.sum())
+    return cls, mix
+
+
+class _Particles:
+    """The job's particle images (N, n, n), their CTFs and truth, read from the project."""
+
+    def __init__(self, proj_dir):
+        ocols, orows = read_star_loop(os.path.join(proj_dir, "Import", "job001", "particles.star"), "optics")
+        self.optics_cols, self.optics_rows = ocols, orows
+        o = dict(zip(ocols, orows[0]))
+        self.angpix = float(o["rlnImagePixelSize"])
+        self.kv, self.cs, self.q0 = (float(o[k]) for k in ("rlnVoltage", "rlnSphericalAberration",
+                                                             "rlnAmplitudeContrast"))
+        self.cols, self.rows = read_star_loop(os.path.join(proj_dir, "Import", "job001", "particles.star"),
+                                              "particles")
+        truth = {r["rlnImageName"]: r for r in csv.DictReader(open(os.path.join(proj_dir, "truth.csv")))}
+        c = {k: i for i, k in enumerate(self.cols)}
+        stacks, imgs = {}, []
+        for r in self.rows:
+            i, path = r[c["rlnImageName"]].split("@", 1)
+            if path not in stacks:
+                stacks[path] = load_mrc(os.path.join(proj_dir, path))
+            imgs.append(stacks[path][int(i) - 1])
+        self.images = np.asarray(imgs, np.float64)
+        self.truth = [truth[r[c["rlnImageName"]]] for r in self.rows]
+        self.defocus = np.array([[float(r[c["rlnDefocusU"]]), float(r[c["rlnDefocusV"]]),
+                                  float(r[c["rlnDefocusAngle"]])] for r in self.rows])
+
+    def ctf(self, i, n=None, round_=False):
+        """CTF of particle i on an n x n un-shifted FFT grid (astigmatism averaged when round_)."""
+        du, dv, da = self.defocus[i]
+        if round_:
+            du = dv = 0.5 * (du + dv)
+        return ctf2d(n or self.images.shape[-1], self.angpix, du, dv, da, self.kv, self.cs, self.q0)
+
+
+def _groups(P):
+    """Group label per particle: junk kind, or good_<view> (uniform views: nearest preferred view)."""
+    kinds = [t["kind"] for t in P.truth]
+    views = np.array([int(t["view"]) if t["kind"] == "good" and t["view"] not in ("", None) else -2
+                      for t in P.truth])
+    dirs = {}
+    for v in sorted(set(views[views >= 0])):
+        m = views == v
+        rot = np.deg2rad([float(P.truth[i]["rot"]) for i in np.where(m)[0]])
+        tilt = np.deg2rad([float(P.truth[i]["tilt"]) for i in np.where(m)[0]])
+        d = np.stack([np.sin(tilt) * np.cos(rot), np.sin(tilt) * np.sin(rot), np.cos(tilt)], 1).mean(0)
+        dirs[v] = d / max(np.linalg.norm(d), 1e-9)
+    out = []
+    for i, k in enumerate(kinds):
+        if k != "good":
+            out.append(k)
+            continue
+        v = views[i]
+        if v < 0 and dirs:
+            rot, tilt = np.deg2rad(float(P.truth[i]["rot"])), np.deg2rad(float(P.truth[i]["tilt"]))
+            d = np.array([np.sin(tilt) * np.cos(rot), np.sin(tilt) * np.sin(rot), np.cos(tilt)])
+            v = max(dirs, key=lambda u: abs(dirs[u] @ d))
+        out.append(f"good_{v}")
+    return out
+
+
+def _flip(P, members, m):
+    """Phase-flipped, Fourier-cropped (m px) images of the members."""
+    out = np.empty((len(members), m, m))
+    for j, i in enumerate(members):
+        f = np.real(np.fft.ifft2(np.fft.fft2(P.images[i]) * np.sign(P.ctf(i))))
+        out[j] = _fourier_crop(f, m)
+    return out
+
+
+def _align(small, ref, max_shift_px):
+    """Best (angle deg, dy, dx) per image: image ~ shift(rotate(ref, angle), (dy, dx))."""
+    m = ref.shape[0]
+    angles = np.arange(0, 360, ROT_STEP_DEG)
+    R = np.conj(np.fft.fft2(np.stack([ndimage.rotate(ref, a, reshape=False, order=1) for a in angles])))
+    f = np.fft.fftfreq(m) * m
+    ok = np.hypot(*np.meshgrid(f, f)) <= max_shift_px
+    Fi = np.fft.fft2(small)
+    best = np.full(len(small), -np.inf)
+    out = np.zeros((len(small), 3))
+    for a0 in range(0, len(angles), 12):
+        cc = np.real(np.fft.ifft2(Fi[:, None] * R[None, a0:a0 + 12]))
+        cc[..., ~ok] = -np.inf
+        flat = cc.reshape(len(small), -1)
+        k = flat.argmax(1)
+        v = flat[np.arange(len(small)), k]
+        a_i, yx = np.divmod(k, m * m)
+        dy, dx = np.divmod(yx, m)
+        better = v > best
+        best[better] = v[better]
+        out[better, 0] = angles[a0 + a_i[better]]
+        out[better, 1] = np.where(dy > m // 2, dy - m, dy)[better]
+        out[better, 2] = np.where(dx > m // 2, dx - m, dx)[better]
+    return out, best
+
+
+def _unalign(img, angle, dy, dx):
+    """Undo image ~ shift(rotate(ref, angle), (dy, dx)): back to the reference frame."""
+    return ndimage.rotate(ndimage.shift(img, (-dy, -dx), order=1, mode="wrap"), -angle, reshape=False, order=1)
+
+
+def _wiener(P, members, poses, scale):
+    """CTF-corrected average (n x n) of members in the class frame, and sum of CTF^2 (FFT layout)."""
+    n = P.images.shape[-1]
+    num = np.zeros((n, n))
+    den = np.zeros((n, n))
+    for i, (a, dy, dx) in zip(members, poses):
+        c = P.ctf(i)
+        x = np.real(np.fft.ifft2(np.fft.fft2(P.images[i]) * c))
+        num += _unalign(x, a, dy * scale, dx * scale)
+        den += P.ctf(i, round_=True) ** 2
+    return num, den
+
+
+def _class_average(P, members, poses, scale, tau2_fudge, mask):
+    n = P.images.shape[-1]
+    half = [np.arange(len(members)) % 2 == h for h in (0, 1)]
+    nums, dens = [], []
+    for h in half:
+        a, b = _wiener(P, [members[j] for j in np.where(h)[0]], poses[h], scale)
+        nums.append(np.fft.fft2(a))
+        dens.append(b)
+    shells = _shell_index(n)
+    nsh = n // 2 + 1
+    H = [nu / (de + 1.0) for nu, de in zip(nums, dens)]
+    cross = np.bincount(shells.ravel(), np.real(H[0] * np.conj(H[1])).ravel(), nsh + n)[:nsh]
+    p0 = np.bincount(shells.ravel(), (np.abs(H[0]) ** 2).ravel(), nsh + n)[:nsh]
+    p1 = np.bincount(shells.ravel(), (np.abs(H[1]) ** 2).ravel(), nsh + n)[:nsh]
+    frc = np.nan_to_num(cross / np.sqrt(np.maximum(p0 * p1, 1e-30)))
+    frc = np.clip(np.convolve(np.pad(frc, 1, mode="edge"), np.ones(3) / 3, mode="valid"), 0.0, 0.999)
+    ssnr = 2 * frc / (1 - frc)
+    ssnr[0] = max(ssnr[0], ssnr[1] if nsh > 1 else 0)
+    full = (nums[0] + nums[1]) / (dens[0] + dens[1] + 1.0)
+    # RELION's MAP regularisation: tau2 / (tau2 + sigma2) per shell; nothing beyond the class's own
+    # resolution (the first shell where SSNR < 1 and stays below)
+    filt = tau2_fudge * ssnr / (tau2_fudge * ssnr + 1)
+    below = np.where(ssnr < 1)[0]
+    if len(below):
+        filt[max(below[0] + 2, 4):] = 0.0
+    avg = np.real(np.fft.ifft2(full * filt[np.minimum(shells, nsh - 1)] * (shells < nsh)))
+    return avg * mask, ssnr, dens[0] + dens[1]
+
+
+def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
+    """(rotation deg, translation A): smallest change of the class average whose CTF-weighted
+    power exceeds the noise of ACCURACY_PARTICLES particles (999 when none does)."""
+    n = avg.shape[0]
+    F = np.fft.fft2(avg)
+    w = ctf2_sum / max(n_members, 1) / (noise_var * n * n * ACCURACY_PARTICLES)
+
+    def chi2(G):
+        return float((np.abs(F - G) ** 2 * w).sum())
+
+    rot = 999.0
+    for a in np.arange(0.5, 90.01, 0.5):
+        if chi2(np.fft.fft2(ndimage.rotate(avg, a, reshape=False, order=1))) > 1:
+            rot = float(a)
+            break
+    f = np.fft.fftfreq(n)
+    FX, FY = np.meshgrid(f, f)
+    tr = 999.0
+    for d in np.arange(0.1, 20.01, 0.1):
+        ph = 0.5 * (np.exp(-2j * np.pi * FX * d) + np.exp(-2j * np.pi * FY * d))
+        if chi2(F * ph) > 1:
+            tr = float(d) * angpix
+            break
+    return rot, tr
+
+
+def _optimiser_rows(it, mask_d_A, acc_rot, acc_tr):
+    vals = dict(rlnOutputRootName="Class2D/job002/run", rlnModelStarFile=f"Class2D/job002/run_it{it:03d}_model.star",
+                rlnExperimentalDataStarFile=f"Class2D/job002/run_it{it:03d}_data.star",
+                rlnOrientSamplingStarFile="None", rlnCurrentIteration=it, rlnNumberOfIterations=it,
+                rlnDoSplitRandomHalves=0, rlnParticleDiameter=f"{mask_d_A:.6f}", rlnWidthMaskEdge=5,
+                rlnDoZeroMask=1, rlnDoSolventFlattening=1, rlnDoAutoRefine=0, rlnDoSkipAlign=0,
+                rlnOverallAccuracyRotations=f"{acc_rot:.6f}", rlnOverallAccuracyTranslationsAngst=f"{acc_tr:.6f}",
+                rlnDoCorrectNorm=1, rlnDoCorrectScale=1, rlnDoCorrectCtf=1, rlnDoIgnoreCtfUntilFirstPeak=0,
+                rlnCtfDataArePhaseFlipped=0, rlnDoGradientRefine=0)
+    return vals
+
+
+def _write_general(path, name, vals, mode="w"):
+    with open(path, mode) as f:
+        f.write(f"\n# version 30001\n\ndata_{name}\n\n")
+        for k, v in vals.items():
+            f.write(f"_{k:<40s} {v}\n")
+        f.write("\n")
+
+
+def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
+    """Classify the project's Import/job001/particles.star into Class2D/job002/run_itNNN_*
+    (RELION 3.1 layout) as described in the module docstring. ``s`` is the job spec (K, n_iter,
+    snr, tau2_fudge, offset_range). Returns a one-line description of what was run."""
+    P = _Particles(proj_dir)
+    N, n = P.images.shape[0], P.images.shape[-1]
+    K, it = int(s["K"]), int(s["n_iter"])
+    groups = _groups(P)
+    cls, mix = assign_classes(groups, K, float(s["snr"]), rng)
+    m = min(n, ALIGN_PX)
+    m -= m % 2
+    scale = n / m
+    max_shift = float(s["offset_range"]) / scale + 1
+    mask = _soft_circle(n, mask_d_A / 2 / P.angpix)
+    mask_m = _soft_circle(m, mask_d_A / 2 / P.angpix / scale)
+    psi = np.array([float(t["psi"]) if t["kind"] == "good" and t["psi"] not in ("", None) else np.nan
+                    for t in P.truth])
+    # which sense of psi undoes the in-plane rotation (checked on the biggest good group)
+    good_groups = [g for g in set(groups) if g.startswith("good")]
+    sign = 1.0
+    if good_groups:
+        big = max(good_groups, key=groups.count)
+        sel = [i for i, g in enumerate(groups) if g == big][:200]
+        small = _flip(P, sel, m)
+        power = [np.var(np.mean([ndimage.rotate(im, sg * psi[i], reshape=False, order=1)
+                                 for im, i in zip(small, sel)], 0) * mask_m) for sg in (1.0, -1.0)]
+        sign = 1.0 if power[0] >= power[1] else -1.0
+    images = np.zeros((K, n, n))
+    poses = np.zeros((N, 3))
+    loglik = np.zeros(N)
+    noise_var = float(np.mean([im[_soft_circle(n, 0.45 * n, 1) < 0.5].var() for im in P.images[:200]]))
+    rows_classes, ssnr_tabs = [], {}
+    acc_all = []
+    for k in range(1, K + 1):
+        members = np.where(cls == k)[0]
+        if len(members) == 0:
+            rows_classes.append((k, 0.0, 999.0, 999.0, 999.0))
+            continue
+        small = _flip(P, members, m)
+        init = np.where(np.isnan(psi[members]), 0.0, -sign * psi[members])
+        p = np.stack([init, np.zeros(len(members)), np.zeros(len(members))], 1)
+        best = np.zeros(len(members))
+        for _ in range(ALIGN_ROUNDS):
+            ref = np.mean([_unalign(im, a, dy, dx) for im, (a, dy, dx) in zip(small, p)], 0) * mask_m
+            p, best = _align(small, ref, max_shift)
+        loglik[members] = best
+        poses[members] = p
+        avg, ssnr, ctf2 = _class_average(P, list(members), p, scale, float(s["tau2_fudge"]), mask)
+        images[k - 1] = avg
+        ssnr_tabs[k] = ssnr
+        res_shell = next((j - 1 for j in range(1, len(ssnr)) if ssnr[j] < 1), len(ssnr) - 1)
+        res_A = n * P.angpix / res_shell if res_shell > 0 else 999.0
+        acc_rot, acc_tr = _accuracies(avg, ctf2, len(members), P.angpix, noise_var)
+        acc_all.append((len(members), acc_rot, acc_tr))
+        rows_classes.append((k, len(members) / N, acc_rot, acc_tr, res_A))
+    write_outputs(proj_dir, P, it, K, cls, poses * [1, scale, scale], loglik, images, rows_classes, ssnr_tabs,
+                  mask_d_A, float(s["tau2_fudge"]), acc_all)
+    desc = (f"quick in-Python 2D classification (ranker.simulate.quickclass, not RELION): K={K}, "
+            f"mixing {mix:.3f}, psi sense {sign:+.0f}, {ALIGN_ROUNDS} alignment rounds")
+    log(f"  {desc}")
+    return desc
+
+
+def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, ssnr_tabs, mask_d_A,
+                  tau2_fudge, acc_all):
+    """Class2D/job002/run_itNNN_{classes.mrcs, model.star, data.star, optimiser.star}."""
+    d = os.path.join(proj_dir, "Class2D", "job002")
+    os.makedirs(d, exist_ok=True)
+    root = os.path.join(d, f"run_it{it:03d}")
+    n = images.shape[-1]
+    save_mrc(root + "_classes.mrcs", images.astype(np.float32), P.angpix)
+    wsum = sum(c for c, _, _ in acc_all) or 1
+    acc_rot = sum(c * min(r, 999) for c, r, _ in acc_all) / wsum
+    acc_tr = sum(c * min(t, 999) for c, _, t in acc_all) / wsum
+    _write_general(root + "_model.star", "model_general", dict(
+        rlnReferenceDimensionality=2, rlnDataDimensionality=2, rlnOriginalImageSize=n,
+        rlnCurrentResolution=f"{min(r[4] for r in rows_classes):.6f}", rlnCurrentImageSize=n,
+        rlnPaddingFactor="2.000000", rlnIsHelix=0, rlnPixelSize=f"{P.angpix:.6f}", rlnNrClasses=K,
+        rlnNrBodies=1, rlnNrGroups=1, rlnTau2FudgeFactor=f"{tau2_fudge:.6f}"))
+    mc = ["rlnReferenceImage", "rlnClassDistribution", "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst",
+          "rlnEstimatedResolution", "rlnOverallFourierCompleteness", "rlnClassPriorOffsetX", "rlnClassPriorOffsetY"]
+    rows = [[f"{k:06d}@Class2D/job002/run_it{it:03d}_classes.mrcs", f"{dist:.6f}", f"{ar:.6f}", f"{at:.6f}",
+             f"{res:.6f}", "1.000000", "0.000000", "0.000000"] for k, dist, ar, at, res in rows_classes]
+    blocks = [("model_classes", mc, rows)]
+    nsh = n // 2 + 1
+    for k in range(1, K + 1):
+        ssnr = ssnr_tabs.get(k, np.zeros(nsh))
+        tab = [[j, f"{j / (n * P.angpix):.6f}", f"{(n * P.angpix / j) if j else 999.0:.6f}", f"{ssnr[j]:.6f}"]
+               for j in range(nsh)]
+        blocks.append((f"model_class_{k}", ["rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution",
+                                            "rlnSsnrMap"], tab))
+    _append_loops(root + "_model.star", blocks)
+    pcols = list(P.cols) + ["rlnGroupNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                            "rlnOriginYAngst", "rlnClassNumber", "rlnNormCorrection", "rlnLogLikeliContribution",
+                            "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples"]
+    prow = []
+    for i, r in enumerate(P.rows):
+        a, dy, dx = poses[i]
+        prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.angpix:.6f}", f"{dy * P.angpix:.6f}",
+                               int(cls[i]), "1.000000", f"{loglik[i]:.6e}", "1.000000", 1])
+    write_star(root + "_data.star", [("optics", P.optics_cols, P.optics_rows), ("particles", pcols, prow)])
+    _write_general(root + "_optimiser.star", "optimiser_general", _optimiser_rows(it, mask_d_A, acc_rot, acc_tr))
+
+
+def _append_loops(path, blocks):
+    tmp = path + ".loops"
+    write_star(tmp, blocks)
+    with open(path, "a") as f, open(tmp) as g:
+        f.write(g.read())
+    os.remove(tmp)
+
