@@ -11,15 +11,19 @@ What it does, per job (about 5-20 s where relion_refine takes minutes):
    the K classes are shared out over the groups (bigger groups get more classes; small groups
    none, their particles are absorbed), a random part of the classes stays empty, and a
    job-level fraction of particles (more at low SNR) lands in a class of another group.
-2. **Alignment** is a real search: each class starts from the unaligned (good members: in-plane
-   truth-aligned) average, then two rounds align every member to the class average (in-plane
-   rotation in 10 deg steps x translations within ``offset_range``, by FFT cross-correlation of
-   phase-flipped images at <= 64 px).
-3. **Averaging** is CTF-corrected (Wiener: sum CTF x image / (sum CTF^2 + 1)), regularised by
-   the class's own spectral SNR from two half-averages (SSNR / (SSNR + 1), x ``tau2_fudge``) and
-   masked with a soft circle of the particle diameter (zero outside), as RELION's references are.
-4. **Metadata**: ``rlnEstimatedResolution`` is the shell before the half-average SSNR drops
-   below 1 (RELION's rule), written with ``data_model_class_<k>`` SSNR tables;
+2. **Alignment** is a real search: a class of mostly good particles starts from its members'
+   in-plane truth-aligned average, any other class from one low-pass filtered member (as a
+   reference-free start would); then three rounds align every member to the class average
+   (in-plane rotation in 10 deg steps x translations within ``offset_range``, by FFT
+   cross-correlation of phase-flipped images at <= 48 px).
+3. **Averaging** is CTF-corrected (sum CTF x image / sum CTF^2) and regularised as a MAP
+   estimate: SSNR = ``tau2_fudge`` x tau2 x CTF^2 / sigma2 with tau2 re-estimated from the
+   regularised average's own power for ``n_iter`` rounds (so, as in relion_refine, classes whose
+   members agree keep their signal and unaligned noise fades), nothing beyond the job's current
+   image size (best half-set FRC resolution of any class + 10 px), masked with a soft circle of
+   the particle diameter (zero outside), as RELION's references are.
+4. **Metadata**: ``rlnEstimatedResolution`` is the shell before that SSNR drops below 1
+   (RELION's rule), written with ``data_model_class_<k>`` SSNR tables;
    ``rlnAccuracyRotations`` / ``rlnAccuracyTranslationsAngst`` are the rotation (deg) / shift (A)
    at which the class average changes by more than the noise of ``ACCURACY_PARTICLES`` particles
    (a chi-square of 1 over the CTF-weighted spectrum; the constant sets the scale only);
@@ -40,9 +44,9 @@ from scipy import ndimage
 from ranker.simulate.files import load_mrc, read_star_loop, save_mrc, write_star
 from ranker.simulate.optics import ctf2d
 
-ALIGN_PX = 64              # alignment search box (px); bigger boxes are Fourier-cropped to this
+ALIGN_PX = 48              # alignment search box (px); bigger boxes are Fourier-cropped to this
 ROT_STEP_DEG = 10.0
-ALIGN_ROUNDS = 2
+ALIGN_ROUNDS = 3
 ACCURACY_PARTICLES = 3.0   # noise of this many particles sets the accuracy scale (see module doc)
 MIX_AT_SNR_0_1 = (0.05, 0.30)  # job-level fraction of particles put in another group's class
 
@@ -128,16 +132,21 @@ class _Particles:
                 stacks[path] = load_mrc(os.path.join(proj_dir, path))
             imgs.append(stacks[path][int(i) - 1])
         self.images = np.asarray(imgs, np.float64)
+        self._ctf = {}
         self.truth = [truth[r[c["rlnImageName"]]] for r in self.rows]
         self.defocus = np.array([[float(r[c["rlnDefocusU"]]), float(r[c["rlnDefocusV"]]),
                                   float(r[c["rlnDefocusAngle"]])] for r in self.rows])
 
     def ctf(self, i, n=None, round_=False):
-        """CTF of particle i on an n x n un-shifted FFT grid (astigmatism averaged when round_)."""
+        """CTF of particle i on an n x n un-shifted FFT grid (astigmatism averaged when round_);
+        cached per defocus (particles of one micrograph share it)."""
         du, dv, da = self.defocus[i]
         if round_:
             du = dv = 0.5 * (du + dv)
-        return ctf2d(n or self.images.shape[-1], self.angpix, du, dv, da, self.kv, self.cs, self.q0)
+        key = (n, round_, du, dv, da)
+        if key not in self._ctf:
+            self._ctf[key] = ctf2d(n or self.images.shape[-1], self.angpix, du, dv, da, self.kv, self.cs, self.q0)
+        return self._ctf[key]
 
 
 def _groups(P):
@@ -179,14 +188,14 @@ def _align(small, ref, max_shift_px):
     """Best (angle deg, dy, dx) per image: image ~ shift(rotate(ref, angle), (dy, dx))."""
     m = ref.shape[0]
     angles = np.arange(0, 360, ROT_STEP_DEG)
-    R = np.conj(np.fft.fft2(np.stack([ndimage.rotate(ref, a, reshape=False, order=1) for a in angles])))
+    R = np.conj(np.fft.rfft2(np.stack([ndimage.rotate(ref, a, reshape=False, order=1) for a in angles])))
     f = np.fft.fftfreq(m) * m
     ok = np.hypot(*np.meshgrid(f, f)) <= max_shift_px
-    Fi = np.fft.fft2(small)
+    Fi = np.fft.rfft2(small)
     best = np.full(len(small), -np.inf)
     out = np.zeros((len(small), 3))
     for a0 in range(0, len(angles), 12):
-        cc = np.real(np.fft.ifft2(Fi[:, None] * R[None, a0:a0 + 12]))
+        cc = np.fft.irfft2(Fi[:, None] * R[None, a0:a0 + 12], s=(m, m))
         cc[..., ~ok] = -np.inf
         flat = cc.reshape(len(small), -1)
         k = flat.argmax(1)
@@ -219,33 +228,53 @@ def _wiener(P, members, poses, scale):
     return num, den
 
 
-def _class_average(P, members, poses, scale, tau2_fudge, mask):
+def _shell_mean(values, shells, nsh):
+    return (np.bincount(shells.ravel(), values.ravel(), nsh + shells.shape[0])[:nsh]
+            / np.maximum(np.bincount(shells.ravel(), None, nsh + shells.shape[0])[:nsh], 1))
+
+
+def _raw_average(P, members, poses, scale):
+    """Unregularised CTF-corrected average (FFT, n x n), its sum of CTF^2, and the shell where
+    the half-set FRC (smoothed over 3 shells) first gives SSNR = 2 FRC / (1 - FRC) < 1."""
     n = P.images.shape[-1]
-    half = [np.arange(len(members)) % 2 == h for h in (0, 1)]
     nums, dens = [], []
-    for h in half:
-        a, b = _wiener(P, [members[j] for j in np.where(h)[0]], poses[h], scale)
+    for h in (0, 1):
+        sel = np.arange(len(members)) % 2 == h
+        a, b = _wiener(P, [members[j] for j in np.where(sel)[0]], poses[sel], scale)
         nums.append(np.fft.fft2(a))
         dens.append(b)
     shells = _shell_index(n)
     nsh = n // 2 + 1
     H = [nu / (de + 1.0) for nu, de in zip(nums, dens)]
-    cross = np.bincount(shells.ravel(), np.real(H[0] * np.conj(H[1])).ravel(), nsh + n)[:nsh]
-    p0 = np.bincount(shells.ravel(), (np.abs(H[0]) ** 2).ravel(), nsh + n)[:nsh]
-    p1 = np.bincount(shells.ravel(), (np.abs(H[1]) ** 2).ravel(), nsh + n)[:nsh]
-    frc = np.nan_to_num(cross / np.sqrt(np.maximum(p0 * p1, 1e-30)))
+    cross = _shell_mean(np.real(H[0] * np.conj(H[1])), shells, nsh)
+    p01 = _shell_mean(np.abs(H[0]) ** 2, shells, nsh) * _shell_mean(np.abs(H[1]) ** 2, shells, nsh)
+    frc = np.nan_to_num(cross / np.sqrt(np.maximum(p01, 1e-30)))
     frc = np.clip(np.convolve(np.pad(frc, 1, mode="edge"), np.ones(3) / 3, mode="valid"), 0.0, 0.999)
-    ssnr = 2 * frc / (1 - frc)
-    ssnr[0] = max(ssnr[0], ssnr[1] if nsh > 1 else 0)
-    full = (nums[0] + nums[1]) / (dens[0] + dens[1] + 1.0)
-    # RELION's MAP regularisation: tau2 / (tau2 + sigma2) per shell; nothing beyond the class's own
-    # resolution (the first shell where SSNR < 1 and stays below)
-    filt = tau2_fudge * ssnr / (tau2_fudge * ssnr + 1)
-    below = np.where(ssnr < 1)[0]
-    if len(below):
-        filt[max(below[0] + 2, 4):] = 0.0
-    avg = np.real(np.fft.ifft2(full * filt[np.minimum(shells, nsh - 1)] * (shells < nsh)))
-    return avg * mask, ssnr, dens[0] + dens[1]
+    honest = 2 * frc / (1 - frc)
+    shell = next((j - 1 for j in range(2, nsh) if honest[j] < 1), nsh - 1)
+    den = dens[0] + dens[1]
+    raw = (nums[0] + nums[1]) / np.maximum(den, 1e-3 * den.max())
+    return raw, den, shell
+
+
+def _map_average(raw, den, noise_F, tau2_fudge, n_iter, limit_shell, mask):
+    """RELION-like MAP class average: tau2 is re-estimated from the regularised average's own
+    power for n_iter iterations at fixed alignment (SSNR = fudge x tau2 x CTF^2 / sigma2), so
+    classes whose aligned members agree (signal, or noise aligned to itself) keep a high SSNR,
+    as relion_refine's do; nothing beyond ``limit_shell`` (the job's current image size).
+    Returns (image n x n, SSNR per shell)."""
+    n = raw.shape[0]
+    shells = _shell_index(n)
+    nsh = n // 2 + 1
+    power = _shell_mean(np.abs(raw) ** 2, shells, nsh)
+    weight = _shell_mean(den, shells, nsh) / noise_F      # CTF^2 / sigma2 per shell
+    ssnr = tau2_fudge * power * weight                     # first guess: the raw average's power
+    for _ in range(max(int(n_iter), 1)):
+        ssnr = tau2_fudge * power * (ssnr / (1 + ssnr)) ** 2 * weight
+    ssnr[limit_shell + 1:] = 0.0
+    filt = ssnr / (1 + ssnr)
+    img = np.real(np.fft.ifft2(raw * filt[np.minimum(shells, nsh - 1)] * (shells < nsh)))
+    return img * mask, ssnr
 
 
 def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
@@ -267,8 +296,7 @@ def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
     FX, FY = np.meshgrid(f, f)
     tr = 999.0
     for d in np.arange(0.1, 20.01, 0.1):
-        ph = 0.5 * (np.exp(-2j * np.pi * FX * d) + np.exp(-2j * np.pi * FY * d))
-        if chi2(F * ph) > 1:
+        if 0.5 * (chi2(F * np.exp(-2j * np.pi * FX * d)) + chi2(F * np.exp(-2j * np.pi * FY * d))) > 1:
             tr = float(d) * angpix
             break
     return rot, tr
@@ -325,30 +353,46 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     poses = np.zeros((N, 3))
     loglik = np.zeros(N)
     noise_var = float(np.mean([im[_soft_circle(n, 0.45 * n, 1) < 0.5].var() for im in P.images[:200]]))
-    rows_classes, ssnr_tabs = [], {}
-    acc_all = []
+    rows_classes, ssnr_tabs, acc_all, raws = [], {}, [], {}
     for k in range(1, K + 1):
         members = np.where(cls == k)[0]
         if len(members) == 0:
-            rows_classes.append((k, 0.0, 999.0, 999.0, 999.0))
             continue
         small = _flip(P, members, m)
         init = np.where(np.isnan(psi[members]), 0.0, -sign * psi[members])
         p = np.stack([init, np.zeros(len(members)), np.zeros(len(members))], 1)
         best = np.zeros(len(members))
+        if np.isnan(psi[members]).mean() > 0.5:
+            # mostly junk: no pose to start from; like a reference-free start, the first reference
+            # is one member, low-pass filtered, which breaks the rotational symmetry of the mean
+            ref = ndimage.gaussian_filter(small[rng.integers(len(members))], 2.0) * mask_m
+            p, best = _align(small, ref, max_shift)
         for _ in range(ALIGN_ROUNDS):
             ref = np.mean([_unalign(im, a, dy, dx) for im, (a, dy, dx) in zip(small, p)], 0) * mask_m
             p, best = _align(small, ref, max_shift)
         loglik[members] = best
         poses[members] = p
-        avg, ssnr, ctf2 = _class_average(P, list(members), p, scale, float(s["tau2_fudge"]), mask)
+        raws[k] = _raw_average(P, list(members), p, scale)
+    # the job's current resolution: the best half-set resolution of a class with >= 20 members;
+    # RELION's current image size adds 10 px (rlnIncrementImageSize), i.e. 5 shells
+    nsh = n // 2 + 1
+    big = [r[2] for k, r in raws.items() if (cls == k).sum() >= 20] or [r[2] for r in raws.values()] or [nsh - 1]
+    limit = min(max(big) + 5, nsh - 1)
+    noise_F = noise_var * n * n
+    for k in range(1, K + 1):
+        if k not in raws:
+            rows_classes.append((k, 0.0, 999.0, 999.0, 999.0))
+            continue
+        raw, den, _shell = raws[k]
+        nk = int((cls == k).sum())
+        avg, ssnr = _map_average(raw, den, noise_F, float(s["tau2_fudge"]), it, limit, mask)
         images[k - 1] = avg
         ssnr_tabs[k] = ssnr
         res_shell = next((j - 1 for j in range(1, len(ssnr)) if ssnr[j] < 1), len(ssnr) - 1)
         res_A = n * P.angpix / res_shell if res_shell > 0 else 999.0
-        acc_rot, acc_tr = _accuracies(avg, ctf2, len(members), P.angpix, noise_var)
-        acc_all.append((len(members), acc_rot, acc_tr))
-        rows_classes.append((k, len(members) / N, acc_rot, acc_tr, res_A))
+        acc_rot, acc_tr = _accuracies(avg, den, nk, P.angpix, noise_var)
+        acc_all.append((nk, acc_rot, acc_tr))
+        rows_classes.append((k, nk / N, acc_rot, acc_tr, res_A))
     write_outputs(proj_dir, P, it, K, cls, poses * [1, scale, scale], loglik, images, rows_classes, ssnr_tabs,
                   mask_d_A, float(s["tau2_fudge"]), acc_all)
     desc = (f"quick in-Python 2D classification (ranker.simulate.quickclass, not RELION): K={K}, "
