@@ -20,7 +20,7 @@ What it does, per job (about 5-20 s where relion_refine takes minutes):
    estimate: SSNR = ``tau2_fudge`` x tau2 x CTF^2 / sigma2 with tau2 re-estimated from the
    regularised average's own power for ``n_iter`` rounds (so, as in relion_refine, classes whose
    members agree keep their signal and unaligned noise fades), nothing beyond the job's current
-   image size (best half-set FRC resolution of any class + 10 px), masked with a soft circle of
+   image size (best half-set FRC resolution of any class + 10 shells), masked with a soft circle of
    the particle diameter (zero outside), as RELION's references are.
 4. **Metadata**: ``rlnEstimatedResolution`` is the shell before that SSNR drops below 1
    (RELION's rule), written with ``data_model_class_<k>`` SSNR tables;
@@ -79,7 +79,7 @@ def assign_classes(groups, K, snr, rng):
     Returns (class numbers int array, mixing fraction used)."""
     labels = sorted(set(groups))
     idx = {g: np.where(np.asarray(groups) == g)[0] for g in labels}
-    n_empty = int(rng.binomial(K, rng.uniform(0.0, 0.35)))
+    n_empty = int(rng.binomial(K, rng.uniform(0.1, 0.7)))  # RELION 3.1 left 41 % of corpus6's classes empty
     k_used = max(1, K - n_empty)
     w = np.array([len(idx[g]) ** 0.7 for g in labels], float)
     share = k_used * w / w.sum()
@@ -374,10 +374,10 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
         poses[members] = p
         raws[k] = _raw_average(P, list(members), p, scale)
     # the job's current resolution: the best half-set resolution of a class with >= 20 members;
-    # RELION's current image size adds 10 px (rlnIncrementImageSize), i.e. 5 shells
+    # RELION's current image size reaches 10 Fourier shells beyond it (rlnIncrementImageSize)
     nsh = n // 2 + 1
     big = [r[2] for k, r in raws.items() if (cls == k).sum() >= 20] or [r[2] for r in raws.values()] or [nsh - 1]
-    limit = min(max(big) + 5, nsh - 1)
+    limit = min(max(big) + 10, nsh - 1)
     noise_F = noise_var * n * n
     for k in range(1, K + 1):
         if k not in raws:
