@@ -5,12 +5,14 @@ present in both corpora (same job names: ``make_corpus.sh`` with the same SEED g
 particles, classified once by relion_refine and once by ``--classifier quick``) and prints, for
 good classes (>= 80 % true particles) and junk classes (<= 20 %), each raw ranker feature's
 median [25 %, 75 %] under both classifiers and the two-sample Kolmogorov-Smirnov statistic D
-(0: same distribution, 1: disjoint), plus how many good / mixed / junk / empty classes each made.
+(0: same distribution, 1: disjoint), how many good / mixed / junk / empty classes each made, and
+the median classification wall time per job (``seconds_refine`` of corpus_job.json).
 """
 from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
 
 import numpy as np
@@ -64,9 +66,13 @@ def compare(relion_corpus, quick_corpus) -> str:
     jobs = paired_jobs(relion_corpus, quick_corpus)
     if not jobs:
         raise SystemExit(f"no job finished in both {relion_corpus} and {quick_corpus}")
+    secs = {c: [json.load(open(os.path.join(c, j, "corpus_job.json"))).get("seconds_refine", np.nan) for j in jobs]
+            for c in (relion_corpus, quick_corpus)}
     names, R, cr = corpus_classes([os.path.join(relion_corpus, j) for j in jobs])
     _, Q, cq = corpus_classes([os.path.join(quick_corpus, j) for j in jobs])
     lines = [f"{len(jobs)} jobs classified both ways ({relion_corpus} by relion_refine, {quick_corpus} by quickclass).",
+             f"Classification wall time per job, median: relion_refine {np.nanmedian(secs[relion_corpus]):.0f} s, "
+             f"quickclass {np.nanmedian(secs[quick_corpus]):.0f} s.",
              "",
              "| classes | good (>= 80 %) | mixed | junk (<= 20 %) | empty or <= 10 particles |",
              "|---|---|---|---|---|",
