@@ -4,6 +4,8 @@
 #
 #   tools/make_corpus.sh [N_JOBS] [CORPUS_DIR] [options of 'ranker.simulate many']   (defaults: 200, ./corpus)
 #   e.g. a corpus of low-SNR jobs: tools/make_corpus.sh 40 corpus4 --snr_range 0.02 0.06
+#   classes from the fast in-Python stand-in instead of relion_refine (not RELION; see MODEL_CARD):
+#        SEED=6 tools/make_corpus.sh 34 corpus_q6 --classifier quick
 #   env: PY (python with numpy, scipy, mrcfile, matplotlib; gemmi for mmCIF), SEED (1),
 #        BUDGET (estimated relion_refine seconds per job, 130), HELDOUT (4JSV job numbers, 8,28,48)
 #
