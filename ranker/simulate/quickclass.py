@@ -43,6 +43,8 @@ from scipy import ndimage
 
 from ranker.simulate.files import load_mrc, read_star_loop, save_mrc, write_star
 from ranker.simulate.optics import ctf2d
+from ranker.star import format_block
+from ranker.star import write_star as write_star_blocks
 
 ALIGN_PX = 48              # alignment search box (px); bigger boxes are Fourier-cropped to this
 ROT_STEP_DEG = 10.0
@@ -302,24 +304,19 @@ def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
     return rot, tr
 
 
-def _optimiser_rows(it, mask_d_A, acc_rot, acc_tr):
-    vals = dict(rlnOutputRootName="Class2D/job002/run", rlnModelStarFile=f"Class2D/job002/run_it{it:03d}_model.star",
+def _optimiser_general(it, mask_d_A, acc_rot, acc_tr):
+    return dict(rlnOutputRootName="Class2D/job002/run", rlnModelStarFile=f"Class2D/job002/run_it{it:03d}_model.star",
                 rlnExperimentalDataStarFile=f"Class2D/job002/run_it{it:03d}_data.star",
                 rlnOrientSamplingStarFile="None", rlnCurrentIteration=it, rlnNumberOfIterations=it,
-                rlnDoSplitRandomHalves=0, rlnParticleDiameter=f"{mask_d_A:.6f}", rlnWidthMaskEdge=5,
+                rlnDoSplitRandomHalves=0, rlnParticleDiameter=float(mask_d_A), rlnWidthMaskEdge=5,
                 rlnDoZeroMask=1, rlnDoSolventFlattening=1, rlnDoAutoRefine=0, rlnDoSkipAlign=0,
-                rlnOverallAccuracyRotations=f"{acc_rot:.6f}", rlnOverallAccuracyTranslationsAngst=f"{acc_tr:.6f}",
+                rlnOverallAccuracyRotations=float(acc_rot), rlnOverallAccuracyTranslationsAngst=float(acc_tr),
                 rlnDoCorrectNorm=1, rlnDoCorrectScale=1, rlnDoCorrectCtf=1, rlnDoIgnoreCtfUntilFirstPeak=0,
                 rlnCtfDataArePhaseFlipped=0, rlnDoGradientRefine=0)
-    return vals
 
 
-def _write_general(path, name, vals, mode="w"):
-    with open(path, mode) as f:
-        f.write(f"\n# version 30001\n\ndata_{name}\n\n")
-        for k, v in vals.items():
-            f.write(f"_{k:<40s} {v}\n")
-        f.write("\n")
+def _general_block(name, values):
+    return format_block(name, list(values), [list(values.values())], loop=False)
 
 
 def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
@@ -412,24 +409,24 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
     wsum = sum(c for c, _, _ in acc_all) or 1
     acc_rot = sum(c * min(r, 999) for c, r, _ in acc_all) / wsum
     acc_tr = sum(c * min(t, 999) for c, _, t in acc_all) / wsum
-    _write_general(root + "_model.star", "model_general", dict(
+    blocks = [_general_block("model_general", dict(
         rlnReferenceDimensionality=2, rlnDataDimensionality=2, rlnOriginalImageSize=n,
-        rlnCurrentResolution=f"{min(r[4] for r in rows_classes):.6f}", rlnCurrentImageSize=n,
-        rlnPaddingFactor="2.000000", rlnIsHelix=0, rlnPixelSize=f"{P.angpix:.6f}", rlnNrClasses=K,
-        rlnNrBodies=1, rlnNrGroups=1, rlnTau2FudgeFactor=f"{tau2_fudge:.6f}"))
+        rlnCurrentResolution=float(min(r[4] for r in rows_classes)), rlnCurrentImageSize=n, rlnPaddingFactor=2.0,
+        rlnIsHelix=0, rlnPixelSize=float(P.angpix), rlnNrClasses=K, rlnNrBodies=1, rlnNrGroups=1,
+        rlnTau2FudgeFactor=float(tau2_fudge)))]
     mc = ["rlnReferenceImage", "rlnClassDistribution", "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst",
           "rlnEstimatedResolution", "rlnOverallFourierCompleteness", "rlnClassPriorOffsetX", "rlnClassPriorOffsetY"]
-    rows = [[f"{k:06d}@Class2D/job002/run_it{it:03d}_classes.mrcs", f"{dist:.6f}", f"{ar:.6f}", f"{at:.6f}",
-             f"{res:.6f}", "1.000000", "0.000000", "0.000000"] for k, dist, ar, at, res in rows_classes]
-    blocks = [("model_classes", mc, rows)]
+    blocks.append(format_block("model_classes", mc, [
+        [f"{k:06d}@Class2D/job002/run_it{it:03d}_classes.mrcs", float(dist), float(ar), float(at), float(res),
+         1.0, 0.0, 0.0] for k, dist, ar, at, res in rows_classes]))
     nsh = n // 2 + 1
     for k in range(1, K + 1):
         ssnr = ssnr_tabs.get(k, np.zeros(nsh))
-        tab = [[j, f"{j / (n * P.angpix):.6f}", f"{(n * P.angpix / j) if j else 999.0:.6f}", f"{ssnr[j]:.6f}"]
-               for j in range(nsh)]
-        blocks.append((f"model_class_{k}", ["rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution",
-                                            "rlnSsnrMap"], tab))
-    _append_loops(root + "_model.star", blocks)
+        blocks.append(format_block(f"model_class_{k}", ["rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution",
+                                                        "rlnSsnrMap"],
+                                   [[j, j / (n * P.angpix), (n * P.angpix / j) if j else 999.0, float(ssnr[j])]
+                                    for j in range(nsh)]))
+    write_star_blocks(root + "_model.star", blocks)
     pcols = list(P.cols) + ["rlnGroupNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
                             "rlnOriginYAngst", "rlnClassNumber", "rlnNormCorrection", "rlnLogLikeliContribution",
                             "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples"]
@@ -439,13 +436,5 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
         prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.angpix:.6f}", f"{dy * P.angpix:.6f}",
                                int(cls[i]), "1.000000", f"{loglik[i]:.6e}", "1.000000", 1])
     write_star(root + "_data.star", [("optics", P.optics_cols, P.optics_rows), ("particles", pcols, prow)])
-    _write_general(root + "_optimiser.star", "optimiser_general", _optimiser_rows(it, mask_d_A, acc_rot, acc_tr))
-
-
-def _append_loops(path, blocks):
-    tmp = path + ".loops"
-    write_star(tmp, blocks)
-    with open(path, "a") as f, open(tmp) as g:
-        f.write(g.read())
-    os.remove(tmp)
-
+    write_star_blocks(root + "_optimiser.star",
+                      [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr))])
