@@ -388,8 +388,9 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     if s["classifier"] == "quick":
         cmd = [quick_class2d(proj_dir, s, mask_d, rng, log)]
     else:
-        cmd = _relion_class2d(proj_dir, s, mask_d, relion_timeout, log)
+        cmd = _relion_class2d(proj_dir, s, mask_d, relion_timeout)
     t_refine = time.time() - t0
+    log(f"  {'relion_refine' if s['classifier'] == 'relion' else 'quickclass'} K={K} iter={it}: {t_refine:.0f} s")
 
     # ---- truth per class, montage, clean-up
     class_rows = analyse_class2d(proj_dir, it)
@@ -420,7 +421,7 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     return info
 
 
-def _relion_class2d(proj_dir, s, mask_d, relion_timeout, log):
+def _relion_class2d(proj_dir, s, mask_d, relion_timeout):
     """Run relion_refine 2D classification from the project root; returns the command (list)."""
     P = lambda *a: os.path.join(proj_dir, *a)  # noqa: E731
     K, it = int(s["K"]), int(s["n_iter"])
@@ -434,16 +435,13 @@ def _relion_class2d(proj_dir, s, mask_d, relion_timeout, log):
     with open(P("Class2D", "job002", "note.txt"), "w") as f:
         f.write(f" ++++ Executing new job on {time.ctime()}\n ++++ with the following command(s): \n"
                 f"{' '.join(cmd)}\n ++++ \n")
-    t0 = time.time()
     with open(P("Class2D", "job002", "run.out"), "w") as fo, open(P("Class2D", "job002", "run.err"), "w") as fe:
         try:
             r = subprocess.run(cmd, cwd=proj_dir, stdout=fo, stderr=fe, timeout=relion_timeout)
         except subprocess.TimeoutExpired:
             raise JobError(f"relion_refine exceeded {relion_timeout} s")
-    t_refine = time.time() - t0
     final = P("Class2D", "job002", f"run_it{it:03d}_model.star")
     if r.returncode != 0 or not os.path.exists(final):
         err = open(P("Class2D", "job002", "run.err")).read()[-2000:]
         raise JobError(f"relion_refine failed (rc {r.returncode}): {err}")
-    log(f"  relion_refine K={K} iter={it}: {t_refine:.0f} s")
     return cmd
