@@ -41,9 +41,9 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from ranker.simulate.files import load_mrc, read_star_loop, save_mrc, write_star
+from ranker.simulate.files import load_mrc, save_mrc, write_star
 from ranker.simulate.optics import ctf2d
-from ranker.star import format_block
+from ranker.star import format_block, read_star
 from ranker.star import write_star as write_star_blocks
 
 ALIGN_PX = 48              # alignment search box (px); bigger boxes are Fourier-cropped to this
@@ -117,14 +117,13 @@ class _Particles:
     """The job's particle images (N, n, n), their CTFs and truth, read from the project."""
 
     def __init__(self, proj_dir):
-        ocols, orows = read_star_loop(os.path.join(proj_dir, "Import", "job001", "particles.star"), "optics")
-        self.optics_cols, self.optics_rows = ocols, orows
-        o = dict(zip(ocols, orows[0]))
+        star = read_star(os.path.join(proj_dir, "Import", "job001", "particles.star"))
+        self.optics_cols, self.optics_rows = star["optics"].labels, star["optics"].rows
+        o = dict(zip(self.optics_cols, self.optics_rows[0]))
         self.angpix = float(o["rlnImagePixelSize"])
         self.kv, self.cs, self.q0 = (float(o[k]) for k in ("rlnVoltage", "rlnSphericalAberration",
                                                              "rlnAmplitudeContrast"))
-        self.cols, self.rows = read_star_loop(os.path.join(proj_dir, "Import", "job001", "particles.star"),
-                                              "particles")
+        self.cols, self.rows = star["particles"].labels, star["particles"].rows
         truth = {r["rlnImageName"]: r for r in csv.DictReader(open(os.path.join(proj_dir, "truth.csv")))}
         c = {k: i for i, k in enumerate(self.cols)}
         stacks, imgs = {}, []
@@ -349,7 +348,8 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     images = np.zeros((K, n, n))
     poses = np.zeros((N, 3))
     loglik = np.zeros(N)
-    noise_var = float(np.mean([im[_soft_circle(n, 0.45 * n, 1) < 0.5].var() for im in P.images[:200]]))
+    background = _soft_circle(n, 0.45 * n, 1) < 0.5
+    noise_var = float(np.mean([im[background].var() for im in P.images[:200]]))
     rows_classes, ssnr_tabs, acc_all, raws = [], {}, [], {}
     for k in range(1, K + 1):
         members = np.where(cls == k)[0]
