@@ -14,6 +14,8 @@ fixtures and :mod:`ranker.simulate` make them). Prints, per job and pooled:
   selection can remove;
 * where 0.5 misses: the oracle's junk it keeps and real particles it loses, split into classes
   within ``NEAR_CUT`` of the 50 % cut and classes farther from it;
+* the model's error (score - purity, particle-weighted RMS) on classes within ``NEAR_CUT`` of the
+  cut, to set beside ``python -m ranker.oracle_precision`` (what that much error costs);
 * a reliability table: predicted score bins against the observed purity.
 """
 
@@ -33,9 +35,9 @@ JUNK_KINDS = ("noise", "ice", "edge", "aggregate", "offcentre", "partial")
 NEAR_CUT = 0.15  # a class within 15 points of the oracle's 50 % cut counts as "near the cut"
 
 
-def _job_rows(project: str, ignore_kinds=()):
-    """All non-empty classes of a job: (n_particles, n_true, {junk kind: n}) from
-    class_truth.csv, leaving out the particles of ``ignore_kinds`` (e.g. "partial")."""
+def class_truth_counts(project: str, ignore_kinds=()) -> dict:
+    """All non-empty classes of a job, {class number: (n_particles, n_true, {junk kind: n})}, from
+    its class_truth.csv, leaving out the particles of ``ignore_kinds`` (e.g. "partial")."""
     import csv
     import os
     rows = list(csv.DictReader(open(os.path.join(project, "class_truth.csv"))))
@@ -62,7 +64,7 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
         data = from_truth_job(project)
         scores = ranker.score_job(data.vectors, data.images, use_context)
         by_class = dict(zip(data.class_number, scores))
-        classes = _job_rows(project, ignore_kinds)
+        classes = class_truth_counts(project, ignore_kinds)
         numbers = sorted(classes)
         n = np.array([classes[k][0] for k in numbers])
         t = np.array([classes[k][1] for k in numbers])
@@ -108,6 +110,9 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
             table.append((lo, hi, int(inside.sum()), float(pp[inside].mean()),
                           float((pp[inside] * pn[inside]).sum() / pn[inside].sum())))
     result["reliability"] = table
+    near_cut = np.abs(pp - 0.5) <= NEAR_CUT
+    result["near_cut_error"] = {"classes": int(near_cut.sum()), "rms_weighted": float(
+        np.sqrt(np.average((ps[near_cut] - pp[near_cut]) ** 2, weights=pn[near_cut]))) if near_cut.any() else float("nan")}
     total_missed = sum(missed.values())
     result["junk_kept_by_kind"] = {k: v / total_missed for k, v in missed.items() if v}
     oracle_junk, oracle_true = sums["0.5"]["oracle_junk_removed"], sums["0.5"]["oracle_true_kept"]
@@ -144,6 +149,11 @@ def to_markdown(r: dict) -> str:
                    f"classes {lo}-50 % real (near the cut) {100 * m['junk_near']:.1f} %, in classes < {lo} % real "
                    f"{100 * m['junk_far']:.1f} %; real lost in classes 50-{hi} % real {100 * m['true_near']:.1f} %, in "
                    f"classes >= {hi} % real {100 * m['true_far']:.1f} %")
+    e = r.get("near_cut_error")
+    if e and e["classes"]:
+        out.append(f"- score - purity on classes {int(100 * (0.5 - NEAR_CUT))}-{int(100 * (0.5 + NEAR_CUT))} % real "
+                   f"({e['classes']}): RMS {e['rms_weighted']:.3f} (particle-weighted); `python -m ranker.oracle_precision` shows "
+                   "what a selector with that purity error could reach on these jobs")
     out += ["", "Reliability (scored classes pooled):", "", "| score bin | classes | mean purity | particle-weighted purity |",
             "|---|---|---|---|"]
     out += [f"| {lo:.1f}-{hi:.1f} | {n} | {p:.2f} | {w:.2f} |" for lo, hi, n, p, w in r["reliability"]]

@@ -1,5 +1,6 @@
 """ranker.evaluate: the command whose figures the README and model card quote."""
 import numpy as np
+import pytest
 
 from conftest import R5, SIM
 from ranker import evaluate as evalmod
@@ -37,3 +38,12 @@ def test_keeping_nothing_loses_the_real_particles_in_clean_classes(monkeypatch):
     # every real particle the oracle keeps is lost, most of them in clean (>= 65 % real) classes
     assert abs(m["true_near"] + m["true_far"] - 1) < 1e-9 and m["true_far"] > 0.9
     assert "real lost in classes 50-65 % real" in evalmod.to_markdown(r)
+
+
+def test_evaluate_reports_the_models_error_near_the_cut(monkeypatch):
+    # constant 0.5: the error is the distance of class2d_relion5's one 35-65 % class (88 of 157 real) from 0.5
+    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.full(len(v), 0.5, np.float32))
+    r = evalmod.evaluate([SIM, R5], log=lambda *a: None)
+    assert r["near_cut_error"]["classes"] == 1
+    assert r["near_cut_error"]["rms_weighted"] == pytest.approx(88 / 157 - 0.5, abs=1e-4)
+    assert "score - purity on classes 35-65 % real (1): RMS 0.061" in evalmod.to_markdown(r)
