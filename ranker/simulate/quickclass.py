@@ -132,7 +132,7 @@ class _Particles:
             if path not in stacks:
                 stacks[path] = load_mrc(os.path.join(proj_dir, path))
             imgs.append(stacks[path][int(i) - 1])
-        self.images = np.asarray(imgs, np.float64)
+        self.images = np.asarray(imgs, np.float32)
         self._ctf = {}
         self.truth = [truth[r[c["rlnImageName"]]] for r in self.rows]
         self.defocus = np.array([[float(r[c["rlnDefocusU"]]), float(r[c["rlnDefocusV"]]),
