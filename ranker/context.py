@@ -36,14 +36,15 @@ import numpy as np
 L2 = 1e-2  # ridge on a and b (not on c)
 
 
-def _logit(scores) -> np.ndarray:
-    p = np.clip(np.asarray(scores, np.float64), 1e-4, 1 - 1e-4)
+def logit(scores, eps: float = 1e-4) -> np.ndarray:
+    """log(p / (1 - p)) of scores in [0, 1] (float64), clipped to [eps, 1 - eps] first."""
+    p = np.clip(np.asarray(scores, np.float64), eps, 1 - eps)
     return np.log(p / (1 - p))
 
 
 def context_features(scores) -> np.ndarray:
     """(K, 3) design matrix of one job's K network scores: z, z - z_best, 1."""
-    z = _logit(scores)
+    z = logit(scores)
     if len(z) == 0:
         return np.zeros((0, 3))
     return np.stack([z, z - z.max(), np.ones_like(z)], 1)
@@ -63,7 +64,7 @@ def _context_scores(x, scores, coef, logit_shift: float) -> np.ndarray:
     """Scores (float32) from design rows x (N, 3) and the same classes' network scores (N,)."""
     a, b, c, lift = (list(coef) + [1.0])[:4]
     z_ctx = x @ np.array([a, b, c], np.float64)
-    z_own = _logit(scores) + logit_shift
+    z_own = logit(scores) + logit_shift
     z = np.where(z_ctx > z_own, z_own + lift * (z_ctx - z_own), z_ctx)
     return (1 / (1 + np.exp(-z))).astype(np.float32)
 

@@ -168,8 +168,9 @@ class Ranker:
 
 def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:
     """sigmoid(logit(scores) + logit_shift), float32; a monotone map of (0, 1) onto itself."""
-    p = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
-    return (1 / (1 + np.exp(-(np.log(p / (1 - p)) + logit_shift)))).astype(np.float32)
+    from .context import logit
+
+    return (1 / (1 + np.exp(-(logit(scores, 1e-7) + logit_shift)))).astype(np.float32)
 
 
 def score_when_ready(inbox, path, device, threads, use_context=True):

@@ -129,6 +129,7 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
     ``oof_out``: also save the out-of-fold scores there (.npz, one row per scored class).
     Returns (logit_shift, t, out-of-fold decision accuracy at 0.5 and at t, the out-of-fold
     scores (N,), NaN outside the training classes)."""
+    from .context import logit
     from .model import Ranker
 
     jobs = np.array(sorted(set(np.array(data.job)[train_mask])))
@@ -150,7 +151,7 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
     n, n_true, targets = data.n_particles[scored], data.n_true[scored], data.targets[scored]
     before = decision_accuracy(oof[scored], n, n_true, targets)
     after = decision_accuracy(oof[scored], n, n_true, targets, t)
-    return float(-np.log(t / (1 - t))), t, before, after, oof
+    return float(-logit(t)), t, before, after, oof
 
 
 def fit_context_from_oof(data: LabelledClasses, oof, scored, logit_shift: float = 0.0) -> list[float]:
