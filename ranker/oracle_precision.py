@@ -27,6 +27,7 @@ import sys
 import numpy as np
 
 from .evaluate import class_truth_counts
+from .metrics import selection_vs_oracle
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.15)
 
@@ -39,13 +40,10 @@ def noisy_oracle(n_particles, n_true, sigma: float, draws: int = 1000, seed: int
     gives the same figures as summing per-job counts (the oracle decides each class alone)."""
     n = np.asarray(n_particles, float)
     t = np.asarray(n_true, float)
-    junk = n - t
     purity = t / np.maximum(n, 1)
-    oracle = purity >= 0.5
-    rng = np.random.default_rng(seed)
-    keep = purity[None, :] + rng.normal(0.0, sigma, (draws, len(n))) >= 0.5
-    return {"true_kept_vs_oracle": (keep * t).sum(1) / max(t[oracle].sum(), 1.0),
-            "junk_removed_vs_oracle": (~keep * junk).sum(1) / max(junk[~oracle].sum(), 1.0)}
+    keep = purity[None, :] + np.random.default_rng(seed).normal(0.0, sigma, (draws, len(n))) >= 0.5
+    figures = [selection_vs_oracle(k, n, t) for k in keep]
+    return {key: np.array([f[key] for f in figures]) for key in ("true_kept_vs_oracle", "junk_removed_vs_oracle")}
 
 
 def precision_table(projects, sigmas=DEFAULT_SIGMAS, draws: int = 1000, target: float = 0.95,
