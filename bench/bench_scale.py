@@ -5,7 +5,7 @@
 
 For each particle count it makes a synthetic Class2D job (bench/make_big_job.py; reused if
 present) and times, side by side: our whole job (``relion_external_rank.py``), our particle
-subset step alone (``ranker.particles.write_selected``), RELION's ``relion_star_handler
+subset step alone (``ranker.runtime.particles.write_selected``), RELION's ``relion_star_handler
 --select`` (when installed) and a streaming ``awk`` filter, all selecting classes 1..C/2.
 Then it runs a 300-class, 400 px job to time features + inference. Wall time and peak RSS
 come from GNU time for each command. Ratios are printed against awk and
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     exe = [sys.executable, os.path.join(ROOT, "relion_external_rank.py")]
     model = ["--model", a.model] if a.model else []
     half = a.classes // 2
-    subset = ("import sys; sys.path.insert(0, %r); from ranker.particles import write_selected; "
+    subset = ("import sys; sys.path.insert(0, %r); from ranker.runtime.particles import write_selected; "
               "write_selected(%r, 'subset.star', range(1, %d))" % (ROOT, DATA, half + 1))
     star_handler = shutil.which("relion_star_handler")
     rows = []

@@ -52,7 +52,7 @@ def test_model(tmp_path_factory):
     """A weights file in our format with fixed random weights: for testing the mechanics
     (loading, scoring, outputs), not quality."""
     import torch
-    from ranker.model import build_net, save_model
+    from ranker.runtime.model import build_net, save_model
 
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("model") / "test_model.pt")

@@ -170,7 +170,7 @@ def job_log(root: str, jobdir: str, tail: int = 3000) -> str:
 def read_star_tables(path: str) -> dict[str, tuple[list[str], list[list[str]]]]:
     """All blocks of a small STAR file: name -> (labels, rows); a key/value block has one row.
     (The product's reader, ranker.star, does the parsing.)"""
-    from ranker.star import read_star
+    from ranker.runtime.star import read_star
 
     return {name: (b.labels, b.rows) for name, b in read_star(path).items()}
 

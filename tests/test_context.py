@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from ranker.context import apply_job_context, fit_job_context
-from ranker.model import ModelError, build_net, load_model, save_model
+from ranker.develop.job_context import choose_lift, fit_job_context
+from ranker.runtime.context import apply_job_context
+from ranker.runtime.model import ModelError, build_net, load_model, save_model
 
 
 def test_formula_and_order_within_a_job():
@@ -31,7 +32,6 @@ def test_lift_limits_how_far_a_class_is_raised_never_how_far_it_is_lowered():
 
 
 def test_choose_lift_picks_the_best_agreement():
-    from ranker.context import choose_lift
     # one job whose best class is real but scores low: the smallest lift that keeps it (0.5 and less do not)
     assert choose_lift([0.3, 0.05], ["j", "j"], [100, 100], [0.9, 0.0], [0.5, 0.6, 0.8]) == 0.75
     # one job whose best class is junk: no lift

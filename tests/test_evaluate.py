@@ -1,14 +1,15 @@
-"""ranker.evaluate: the command whose figures the README and model card quote."""
+"""python -m ranker.develop evaluate: the command whose figures the README and model card quote."""
 import numpy as np
 import pytest
 
 from conftest import R5, SIM
-from ranker import evaluate as evalmod
-from ranker.model import Ranker
+from ranker.develop.__main__ import main as develop
+from ranker.develop.commands import evaluate as evalmod
+from ranker.runtime.model import Ranker
 
 
 def test_evaluate_shipped_model_on_fixtures(capsys):
-    assert evalmod.main([SIM, R5]) == 0
+    assert develop(["evaluate", SIM, R5]) == 0
     text = capsys.readouterr().out
     assert "Pooled AUC" in text and "Reliability" in text and "class2d_sim" in text
     r = evalmod.evaluate([SIM, R5], log=lambda *a: None)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import R5, R5_OPT, SIM, SIM_OPT
-from ranker.class2d import read_class2d
-from ranker.features import FEATURE_NAMES, compute_features
-from ranker.particles import scan_particles
-from ranker.star import read_star
+from ranker.runtime.class2d import read_class2d
+from ranker.runtime.features import FEATURE_NAMES, compute_features
+from ranker.runtime.particles import scan_particles
+from ranker.runtime.star import read_star
 
 CASES = [("class2d_sim", SIM, SIM_OPT), ("class2d_relion5", R5, R5_OPT)]
 

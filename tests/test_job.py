@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SIM, SIM_DATA, SIM_OPT, R5_DATA
-from ranker import job as jobmod
-from ranker.model import Ranker
-from ranker.star import read_star
+from ranker.runtime import job as jobmod
+from ranker.runtime.model import Ranker
+from ranker.runtime.star import read_star
 
 EXE = os.path.join(ROOT, "relion_external_rank.py")
 OUT = "External/job003/"
@@ -183,7 +183,7 @@ def test_ignored_relion_inputs_are_noted(sim_project, test_model):
 
 
 def test_missing_default_model_is_a_clear_error(sim_project, monkeypatch):
-    monkeypatch.setattr("ranker.model.DEFAULT_MODEL", str(sim_project / "nope.pt"))
+    monkeypatch.setattr("ranker.runtime.model.DEFAULT_MODEL", str(sim_project / "nope.pt"))
     r = jobmod.main(["--o", OUT, "--in_optimiser", SIM_OPT])
     assert r == 1 and os.path.exists(OUT + "RELION_JOB_EXIT_FAILURE")
     assert not os.path.exists(OUT + "particles.star")
@@ -199,7 +199,7 @@ def test_failure_leaves_no_outputs_and_clears_stale_exit_files(sim_project, test
 
 
 def test_abort_between_stages(sim_project, test_model, monkeypatch):
-    from ranker import features
+    from ranker.runtime import features
     real = features.compute_features
 
     def compute_then_abort(*a, **kw):
@@ -214,8 +214,8 @@ def test_abort_between_stages(sim_project, test_model, monkeypatch):
 
 def test_abort_while_streaming_particles(sim_project, test_model, monkeypatch):
     """The abort file is polled inside the particle loop too (every chunk)."""
-    monkeypatch.setattr("ranker.particles.CHUNK_BYTES", 4096)
-    from ranker import particles
+    monkeypatch.setattr("ranker.runtime.particles.CHUNK_BYTES", 4096)
+    from ranker.runtime import particles
     real = particles.write_selected
 
     def write_with_abort(*a, **kw):
@@ -275,8 +275,8 @@ def test_help(capsys):
 def test_job_context_is_applied_and_can_be_turned_off(sim_project, tmp_path, capsys):
     """The job scores all classes of the Class2D job together with the model's job-context stage;
     --job_context false gives each class's own score (as RELION's ranker)."""
-    from ranker.context import apply_job_context
-    from ranker.model import build_net, save_model
+    from ranker.runtime.context import apply_job_context
+    from ranker.runtime.model import build_net, save_model
 
     import torch
     torch.manual_seed(1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranker.model import ModelError, build_net, load_model, network_images, save_model, shift_scores
+from ranker.runtime.model import ModelError, build_net, load_model, network_images, save_model, shift_scores
 
 RELION_KEYS_EXTRA = {  # heads RELION's v1.0 model holds but never uses in scoring
     "classifier_images.1.weight": (1, 48), "classifier_images.1.bias": (1,),

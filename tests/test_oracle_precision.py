@@ -1,9 +1,10 @@
-"""ranker.oracle_precision: what a selector that knows each class's purity to within sigma reaches."""
+"""python -m ranker.develop oracle_precision: what a selector that knows each class's purity to within sigma reaches."""
 import numpy as np
 import pytest
 
 from conftest import R5, SIM
-from ranker import oracle_precision as op
+from ranker.develop.__main__ import main as develop
+from ranker.develop.commands import oracle_precision as op
 
 
 def test_exact_purity_is_the_oracle_on_the_fixtures():
@@ -27,7 +28,7 @@ def test_one_big_class_just_under_the_cut_decides_the_target():
 
 def test_command_prints_and_writes_the_table(tmp_path, capsys):
     out = tmp_path / "p.md"
-    assert op.main([SIM, R5, "--sigmas", "0,0.1", "--draws", "50", "--out", str(out)]) == 0
+    assert develop(["oracle_precision", SIM, R5, "--sigmas", "0,0.1", "--draws", "50", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| 0.00 | 100.0 % [100.0] | 100.0 % [100.0] | 100 % |" in text and "| 0.10 |" in text
     assert out.read_text() == text.rstrip("\n") + "\n"
@@ -35,7 +36,7 @@ def test_command_prints_and_writes_the_table(tmp_path, capsys):
 
 def test_command_names_a_job_without_class_truth(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        op.main([str(tmp_path)])
+        develop(["oracle_precision", str(tmp_path)])
     assert e.value.code == 2
     assert f"{tmp_path}/class_truth.csv: no such file" in capsys.readouterr().err
 

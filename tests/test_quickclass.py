@@ -1,5 +1,5 @@
-"""The quick in-Python stand-in for relion_refine (ranker.simulate.quickclass) and the
-RELION-vs-quick feature comparison (ranker.simulate.compare)."""
+"""The quick in-Python stand-in for relion_refine (ranker.develop.simulate.quickclass) and the
+RELION-vs-quick feature comparison (ranker.develop.simulate.compare)."""
 import csv
 import json
 import os
@@ -8,12 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ranker.class2d import read_class2d
-from ranker.dataset import from_truth_job
-from ranker.simulate.compare import compare
-from ranker.simulate.project import build_project
-from ranker.simulate.quickclass import assign_classes
-from ranker.star import read_star
+from ranker.runtime.class2d import read_class2d
+from ranker.develop.dataset import from_truth_job
+from ranker.develop.simulate.compare import compare
+from ranker.develop.simulate.project import build_project
+from ranker.develop.simulate.quickclass import assign_classes
+from ranker.runtime.star import read_star
 
 
 def _groups():

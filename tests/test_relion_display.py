@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import SIM_OPT
-from ranker import job as jobmod
-from ranker.star import read_star
+from ranker.runtime import job as jobmod
+from ranker.runtime.star import read_star
 from test_job import OUT, fake_scores
 
 HAVE_DISPLAY = bool(shutil.which("relion_display") and shutil.which("Xvfb"))

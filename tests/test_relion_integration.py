@@ -21,8 +21,8 @@ import pytest
 
 from conftest import ROOT
 import relion_project as rp
-from ranker.options import SPEC, parse_options
-from ranker.star import read_star
+from ranker.runtime.options import SPEC, parse_options
+from ranker.runtime.star import read_star
 
 EXE = os.path.join(ROOT, "relion_external_rank.py")
 SCHEMES = os.path.join(ROOT, "schemes")

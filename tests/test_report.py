@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 
-from ranker.report import TILES_PER_PAGE, rejection_reason, write_report
+from ranker.runtime.report import TILES_PER_PAGE, rejection_reason, write_report
 
 
 def test_report_for_250_classes_is_paged_and_quick(tmp_path):

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ROOT, SIM_DATA, SIM_OPT
-from ranker import job as jobmod
-from ranker.star import StarError, format_block, parse_star
-from ranker.particles import scan_particles
+from ranker.runtime import job as jobmod
+from ranker.runtime.star import StarError, format_block, parse_star
+from ranker.runtime.particles import scan_particles
 
 OUT = "External/job009/"
 MODEL = "Class2D/job002/run_it020_model.star"
@@ -132,7 +132,7 @@ def test_unwritable_output_dir(sim_project, test_model, capsys, monkeypatch):
 
 
 def test_disk_full_while_writing_particles(sim_project, test_model, capsys, monkeypatch):
-    import ranker.particles as particles
+    import ranker.runtime.particles as particles
 
     def full(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", OUT + ".particles.star.part")

@@ -1,7 +1,7 @@
 """RELION's selection rules, with working relative thresholds."""
 import pytest
 
-from ranker.selection import select_classes
+from ranker.runtime.selection import select_classes
 
 
 def test_threshold_window_is_inclusive():

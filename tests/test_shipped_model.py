@@ -9,9 +9,9 @@ import sys
 import numpy as np
 
 from conftest import R5, ROOT, SIM
-from ranker.dataset import from_truth_job
-from ranker.metrics import roc_auc
-from ranker.model import DEFAULT_MODEL, load_model
+from ranker.develop.dataset import from_truth_job
+from ranker.develop.metrics import roc_auc
+from ranker.runtime.model import DEFAULT_MODEL, load_model
 
 
 def test_default_model_is_shipped_small_and_documented():

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from ranker.simulate.corpus import sample_spec
-from ranker.simulate.files import JUNK_KINDS
-from ranker.simulate.project import build_project, fragment_atoms
-from ranker.simulate.structures import PSEUDO_SHAPES, pseudo_model, structure_radius
-from ranker.star import read_star
+from ranker.develop.simulate.corpus import sample_spec
+from ranker.develop.truth import JUNK_KINDS
+from ranker.develop.simulate.project import build_project, fragment_atoms
+from ranker.develop.simulate.structures import PSEUDO_SHAPES, pseudo_model, structure_radius
+from ranker.runtime.star import read_star
 
 
 def test_sample_spec_is_deterministic_and_fits_the_budget():
@@ -38,7 +38,7 @@ def test_sample_spec_snr_range_and_junk_kinds():
 
 
 def test_unknown_junk_kind_is_refused():
-    r = subprocess.run([sys.executable, "-m", "ranker.simulate", "many", "/nonexistent", "--junk_kinds", "dust"],
+    r = subprocess.run([sys.executable, "-m", "ranker.develop", "corpus", "/nonexistent", "--junk_kinds", "dust"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "unknown kind(s) dust" in r.stderr
     assert not os.path.exists("/nonexistent")
@@ -99,7 +99,7 @@ def test_tiny_project_truth_matches_relion(tmp_path):
 def test_one_image_stack_reads_as_a_stack(tmp_path):
     """relion_project writes a one-particle stack as nz = 1: it must still index as a stack
     (a job with a single off-centre particle once failed on it)."""
-    from ranker.simulate.files import load_mrc, save_mrc
+    from ranker.develop.simulate.files import load_mrc, save_mrc
 
     save_mrc(str(tmp_path / "one.mrcs"), np.ones((1, 8, 8), np.float32), 2.0)
     assert load_mrc(str(tmp_path / "one.mrcs")).shape == (1, 8, 8)

@@ -3,8 +3,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ranker.particles import scan_particles, write_selected
-from ranker.star import StarError, format_value, parse_star, read_star, tokenize
+from ranker.runtime.particles import scan_particles, write_selected
+from ranker.runtime.star import StarError, format_value, parse_star, read_star, tokenize
 
 HEADER31 = """
 # version 30001
@@ -126,7 +126,7 @@ def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, e
     d = tmp_path_factory.mktemp("p")
     src = _write(d, text)
     out = str(d / "out.star")
-    import ranker.particles as particles
+    import ranker.runtime.particles as particles
     saved = particles.CHUNK_BYTES
     try:
         for chunk in (saved, 200, 37):  # one chunk (careful path at the end) and many (fast path)

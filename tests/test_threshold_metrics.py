@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ranker.metrics import roc_auc, selection_vs_oracle
-from ranker.threshold import DEFAULT, auto_threshold
+from ranker.develop.metrics import roc_auc, selection_vs_oracle
+from ranker.runtime.threshold import DEFAULT, auto_threshold
 
 
 def test_auto_threshold_finds_the_gap():
@@ -34,7 +34,7 @@ def test_selection_vs_oracle():
 
 
 def test_decision_accuracy_uses_truth_or_the_users_selection():
-    from ranker.train import decision_accuracy
+    from ranker.develop.commands.train import decision_accuracy
 
     scores = [0.9, 0.3, 0.2]
     # truth counts known: class 2 (60 % real) is rejected against the oracle -> 300 of 350 agree

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import R5, SIM, SIM_OPT, copy_project
-from ranker import train as trainmod
-from ranker.dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
-from ranker.model import load_model
+from ranker.develop.__main__ import main as develop
+from ranker.develop.commands import train as trainmod
+from ranker.develop.dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
+from ranker.runtime.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_training_is_reproducible_with_a_seed(fixture_data):
 
 def test_train_command_writes_weights_and_card(tmp_path):
     out = str(tmp_path / "m.pt")
-    assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "3", "--val_fraction", "0.5",
+    assert develop(["train", "--jobs", SIM, R5, "--out", out, "--epochs", "3", "--val_fraction", "0.5",
                           "--threads", "1"]) == 0
     r = load_model(out, device="cpu")
     assert r.card["epochs"] == 3 and r.card["n_train_jobs"] == 1 and r.card["n_val_jobs"] == 1
@@ -60,13 +61,13 @@ def test_fine_tune_from_user_selection(tmp_path, monkeypatch):
     d = from_selection(SIM_OPT, "Select/job004/backup_selection.star")
     assert len(d) == 9 and d.targets[d.class_number.index(7)] == 0 and d.targets[d.class_number.index(3)] == 1
     base = str(tmp_path / "base.pt")
-    trainmod.main(["--jobs", SIM, "--out", base, "--epochs", "1", "--threads", "1", "--val_fraction", "0"])
+    develop(["train", "--jobs", SIM, "--out", base, "--epochs", "1", "--threads", "1", "--val_fraction", "0"])
     open("past.txt", "w").write(f"# facility history\n{SIM_OPT}:Select/job004/backup_selection.star\n")
     out = str(tmp_path / "tuned.pt")
     r = load_model(base, device="cpu")  # give the starting model a job context: fine-tuning keeps it
-    from ranker.model import save_model
+    from ranker.runtime.model import save_model
     save_model(r.members, base, r.card, image_norm=r.image_norm, job_context=[0.5, 0.6, 0.8])
-    assert trainmod.main(["--init", base, "--selection_list", "past.txt", "--out", out, "--epochs", "2",
+    assert develop(["train", "--init", base, "--selection_list", "past.txt", "--out", out, "--epochs", "2",
                           "--threads", "1"]) == 0
     tuned = load_model(out, device="cpu")
     assert tuned.card["init"] == base and tuned.job_context == [0.5, 0.6, 0.8]
@@ -99,7 +100,7 @@ def test_relion_training_layout(tmp_path):
     d = from_relion_training_star("features_normalized.star", str(tmp_path))
     assert len(d) == 6 and d.images.shape == (6, 64, 64) and d.targets[-1] == pytest.approx(1.0)
     out = str(tmp_path / "m.pt")
-    assert trainmod.main(["--relion_star", "features_normalized.star", "--project", str(tmp_path), "--out", out,
+    assert develop(["train", "--relion_star", "features_normalized.star", "--project", str(tmp_path), "--out", out,
                           "--epochs", "1", "--threads", "1", "--val_fraction", "0"]) == 0
 
 
@@ -116,7 +117,7 @@ def test_sample_weights():
 
 def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
     out = str(tmp_path / "ens.pt")
-    assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0.5",
+    assert develop(["train", "--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0.5",
                           "--threads", "1", "--ensemble", "2", "--image_norm", "per_image"]) == 0
     r = load_model(out, device="cpu")
     assert len(r.members) == 2 and r.image_norm == "per_image" and r.card["ensemble"] == 2
@@ -132,7 +133,7 @@ def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
     assert np.allclose(r.score(v, im), np.mean(singles, axis=0), atol=1e-6)
     # fine-tuning an ensemble keeps its image normalisation and its members, each from its own start
     tuned = str(tmp_path / "tuned.pt")
-    assert trainmod.main(["--jobs", SIM, "--init", out, "--out", tuned, "--epochs", "1", "--val_fraction", "0",
+    assert develop(["train", "--jobs", SIM, "--init", out, "--out", tuned, "--epochs", "1", "--val_fraction", "0",
                           "--threads", "1", "--lr", "1e-9"]) == 0
     t = load_model(tuned, device="cpu")
     assert t.image_norm == "per_image" and len(t.members) == 2
@@ -142,7 +143,7 @@ def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):
 
 def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
     out = str(tmp_path / "cal.pt")
-    assert trainmod.main(["--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0",
+    assert develop(["train", "--jobs", SIM, R5, "--out", out, "--epochs", "2", "--val_fraction", "0",
                           "--threads", "1", "--calibrate_folds", "2", "--oof_out", str(tmp_path / "oof.npz"),
                           "--job_context"]) == 0
     r = load_model(out, device="cpu")
@@ -153,14 +154,13 @@ def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
     assert cal["folds"] == 2 and 0.2 <= cal["threshold"] <= 0.8
     assert np.isclose(r.logit_shift, -np.log(cal["threshold"] / (1 - cal["threshold"])))
     assert cal["oof_decision_at_threshold"] >= cal["oof_decision_at_0.5"]
-    # the job-context stage is fitted on those same out-of-fold scores (ranker.context's command gives the same)
-    from ranker.context import main as context_main
+    # the job-context stage is fitted on those same out-of-fold scores (the fit_context command gives the same)
     assert r.job_context is not None and r.card["job_context"] == r.job_context
-    assert context_main(["--oof", str(tmp_path / "oof.npz"), "--model", out, "--out", str(tmp_path / "c.pt")]) == 0
+    assert develop(["fit_context", "--oof", str(tmp_path / "oof.npz"), "--model", out, "--out", str(tmp_path / "c.pt")]) == 0
     assert np.allclose(load_model(str(tmp_path / "c.pt"), device="cpu").job_context, r.job_context, atol=1e-4)
     # it needs out-of-fold scores
     with pytest.raises(SystemExit):
-        trainmod.main(["--jobs", SIM, "--out", str(tmp_path / "x.pt"), "--job_context"])
+        develop(["train", "--jobs", SIM, "--out", str(tmp_path / "x.pt"), "--job_context"])
 
 
 def test_best_threshold_maximises_particle_weighted_agreement():

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Build (or resume) the labelled training corpus: N RELION-3.1 Class2D projects of simulated
-# particles + junk with per-particle / per-class truth (see ranker/simulate/).
+# particles + junk with per-particle / per-class truth (see ranker/develop/simulate/).
 #
-#   tools/make_corpus.sh [N_JOBS] [CORPUS_DIR] [options of 'ranker.simulate many']   (defaults: 200, ./corpus)
+#   tools/make_corpus.sh [N_JOBS] [CORPUS_DIR] [options of 'ranker.develop corpus']   (defaults: 200, ./corpus)
 #   e.g. a corpus of low-SNR jobs: tools/make_corpus.sh 40 corpus4 --snr_range 0.02 0.06
 #   classes from the fast in-Python stand-in instead of relion_refine (not RELION; see MODEL_CARD):
 #        SEED=6 tools/make_corpus.sh 34 corpus_q6 --classifier quick
@@ -12,7 +12,7 @@
 # In the background (one job at a time, niced, logs to CORPUS/make_corpus.log):
 #   setsid nohup tools/make_corpus.sh 200 corpus > corpus/make_corpus.log 2>&1 < /dev/null &
 # Progress:
-#   $PY -m ranker.simulate summary corpus [--jobs]
+#   $PY -m ranker.develop corpus corpus --summary [--jobs]
 # Restartable: finished jobs (CORPUS/jobNNNN/corpus_job.json) are skipped, a half-made
 # CORPUS/jobNNNN.tmp is rebuilt, failed jobs are logged in CORPUS/failed/ and skipped.
 set -euo pipefail
@@ -25,7 +25,7 @@ command -v relion_refine >/dev/null || { echo "relion_refine (RELION 3.1) not on
 mkdir -p "$CORPUS"
 cd "$ROOT"
 if [ ! -f "$CORPUS/_structures/structures.json" ]; then
-  nice -n 10 "$PY" -m ranker.simulate structures "$CORPUS/_structures"
+  nice -n 10 "$PY" -m ranker.develop structures "$CORPUS/_structures"
 fi
-exec nice -n 10 "$PY" -m ranker.simulate many "$CORPUS" --n "$N" --structures "$CORPUS/_structures" \
+exec nice -n 10 "$PY" -m ranker.develop corpus "$CORPUS" --n "$N" --structures "$CORPUS/_structures" \
   --seed "${SEED:-1}" --budget "${BUDGET:-130}" --heldout "${HELDOUT:-8,28,48}" "${@:3}"

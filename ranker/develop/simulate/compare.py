@@ -17,27 +17,28 @@ import os
 
 import numpy as np
 
+from ranker.develop.truth import read_class_truth
+
 GOOD_MIN, JUNK_MAX = 0.8, 0.2
 EXTRA = ("ClassDistribution", "EstimatedResolution")
 
 
 def corpus_classes(job_dirs):
     """(feature names, {"good": (n, F) array, "junk": (n, F) array}, class counts) of the jobs."""
-    from ranker.dataset import featurise, find_optimiser
-    from ranker.features import FEATURE_NAMES
+    from ranker.develop.dataset import featurise, find_optimiser
+    from ranker.runtime.features import FEATURE_NAMES
 
     names = list(EXTRA) + list(FEATURE_NAMES)
     out = {"good": [], "junk": []}
     counts = {"good": 0, "mixed": 0, "junk": 0, "empty": 0}
     for d in job_dirs:
-        frac = {int(r["class_number"]): r["frac_good"] for r in csv.DictReader(open(os.path.join(d, "class_truth.csv")))}
+        frac = {r["class_number"]: r["frac_good"] for r in read_class_truth(d)}
         job, _parts, fs = featurise(find_optimiser(d), d)
         featured = {job.classes[i].class_number: raw for i, raw in zip(fs.rows, fs.raw)}
         for k, f in frac.items():
-            if f in ("", "nan") or k not in featured:
+            if not np.isfinite(f) or k not in featured:
                 counts["empty"] += 1
                 continue
-            f = float(f)
             kind = "good" if f >= GOOD_MIN else "junk" if f <= JUNK_MAX else "mixed"
             counts[kind] += 1
             if kind != "mixed":

@@ -2,11 +2,11 @@
 
 Usage::
 
-    python -m ranker.train --jobs corpus/job* --out models/my_model.pt [--epochs 60] [--seed 0]
-    python -m ranker.train --init models/relion_external_rank_v3.pt --out my_facility.pt \\
+    python -m ranker.develop train --jobs corpus/job* --out models/my_model.pt [--epochs 60] [--seed 0]
+    python -m ranker.develop train --init models/relion_external_rank_v3.pt --out my_facility.pt \\
         --selection Class2D/job008/run_it025_optimiser.star:Select/job010/backup_selection.star ...
-    python -m ranker.train --selection_list past_jobs.txt --project /data/proj --init ... --out ...
-    python -m ranker.train --relion_star training/features_normalized.star --out ...
+    python -m ranker.develop train --selection_list past_jobs.txt --project /data/proj --init ... --out ...
+    python -m ranker.develop train --relion_star training/features_normalized.star --out ...
 
 ``--jobs``: labelled projects (``class_truth.csv``; split from ``corpus_job.json``:
 "train", "val" or "heldout" (never used); unmarked jobs are split at random, by job,
@@ -22,7 +22,6 @@ fixed thread count).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -31,8 +30,9 @@ import time
 
 import numpy as np
 
-from .dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
-from .metrics import class_purity, roc_auc, selection_vs_oracle
+from ranker.develop.commands import UsageError
+from ranker.develop.dataset import LabelledClasses, from_relion_training_star, from_selection, from_truth_job
+from ranker.develop.metrics import class_purity, roc_auc, selection_vs_oracle
 
 
 def load_sources(args) -> LabelledClasses:
@@ -129,8 +129,8 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
     ``oof_out``: also save the out-of-fold scores there (.npz, one row per scored class).
     Returns (logit_shift, t, out-of-fold decision accuracy at 0.5 and at t, the out-of-fold
     scores (N,), NaN outside the training classes)."""
-    from .context import logit
-    from .model import Ranker
+    from ranker.runtime.context import logit
+    from ranker.runtime.model import Ranker
 
     jobs = np.array(sorted(set(np.array(data.job)[train_mask])))
     np.random.default_rng(seed).shuffle(jobs)
@@ -155,9 +155,9 @@ def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=prin
 
 
 def fit_context_from_oof(data: LabelledClasses, oof, scored, logit_shift: float = 0.0) -> list[float]:
-    """Job-context coefficients (a, b, c, lift; ranker.context) from out-of-fold scores of the
+    """Job-context coefficients (a, b, c, lift; ranker.runtime.context) from out-of-fold scores of the
     training classes."""
-    from .context import fit_job_context
+    from ranker.develop.job_context import fit_job_context
 
     purity = class_purity(data.n_particles[scored], data.n_true[scored], data.targets[scored])
     return fit_job_context(oof[scored], np.array(data.job)[scored], data.n_particles[scored], purity, logit_shift)
@@ -179,7 +179,7 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
     is large. ``image_norm``: how images enter the network (:func:`ranker.model.network_images`).
     ``init_member``: which network of an ``init`` ensemble to start from (modulo its size)."""
     import torch
-    from .model import build_net, load_model, network_images
+    from ranker.runtime.model import build_net, load_model, network_images
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -254,14 +254,12 @@ def write_card(path: str, card: dict) -> None:
         lines.append(f"| calibration | best out-of-fold threshold {c['threshold']:.3f} ({c['folds']} folds) -> "
                      f"logit_shift {c['logit_shift']:+.3f}; out-of-fold agreement with the oracle "
                      f"{c['oof_decision_at_0.5']:.3f} -> {c['oof_decision_at_threshold']:.3f} |")
-    lines += ["", "Target: fraction of true particles in the class (ranker.dataset.purity_target).", ""]
+    lines += ["", "Target: fraction of true particles in the class (ranker.develop.dataset.purity_target).", ""]
     with open(base + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ranker.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_args(p) -> None:
     p.add_argument("--jobs", nargs="*", help="labelled projects (with class_truth.csv)")
     p.add_argument("--selection", nargs="*", help="OPTIMISER:BACKUP_SELECTION pairs (user's manual selections)")
     p.add_argument("--selection_list", help="file with one OPTIMISER:BACKUP_SELECTION pair per line")
@@ -293,17 +291,19 @@ def main(argv=None) -> int:
                    help="fit the score shift that puts the best keep/reject threshold at 0.5, from "
                         "out-of-fold scores of K extra networks (split by job); 0 = no shift")
     p.add_argument("--job_context", action="store_true",
-                   help="with --calibrate_folds: fit the job-context stage (ranker.context) on the out-of-fold "
+                   help="with --calibrate_folds: fit the job-context stage (ranker.runtime.context) on the out-of-fold "
                         "scores and store it in the weights file (fine-tuning otherwise keeps the --init model's)")
     p.add_argument("--oof_out", default="", help="with --calibrate_folds: save the out-of-fold scores of the "
                    "training classes to this .npz (job, class_number, score, n_particles, n_true, target, kind)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+
+
+def main(args) -> int:
     if args.job_context and args.calibrate_folds < 2:
-        p.error("--job_context needs --calibrate_folds K (K >= 2): it is fitted on out-of-fold scores")
+        raise UsageError("--job_context needs --calibrate_folds K (K >= 2): it is fitted on out-of-fold scores")
     if args.init:  # fine-tuning keeps the starting model's input convention and ensemble size
-        from .model import load_model
+        from ranker.runtime.model import load_model
         start = load_model(args.init, device="cpu")
         args.image_norm = args.image_norm or start.image_norm
         args.ensemble = args.ensemble or len(start.members)
@@ -340,17 +340,17 @@ def main(argv=None) -> int:
                        "oof_decision_at_0.5": before, "oof_decision_at_threshold": after}
         if args.job_context:
             job_context = fit_context_from_oof(data, oof, train_mask & np.isfinite(oof), logit_shift)
-            print(f"job context (ranker.context): a, b, c, lift = {', '.join(f'{v:.3f}' for v in job_context)}")
+            print(f"job context (ranker.runtime.context): a, b, c, lift = {', '.join(f'{v:.3f}' for v in job_context)}")
         print(f"calibration: best out-of-fold threshold {t:.3f} (particle-weighted agreement with the oracle "
               f"{before:.3f} at 0.5 -> {after:.3f}); scores shifted by {logit_shift:+.3f} in logit")
-    from .model import Ranker, save_model
+    from ranker.runtime.model import Ranker, save_model
     best = (max((h for h in history if "val_auc" in h), key=epoch_score, default=history[-1])
             if args.keep_epoch == "best" else history[-1])
     if args.ensemble > 1 and val_mask.any():  # the ensemble's own validation figures
         ens = Ranker(members=nets, path=args.out, image_norm=args.image_norm, logit_shift=logit_shift)
         best = dict(validation_metrics(ens.score(data.vectors[val_mask], data.images[val_mask]), data, val_mask),
                     epoch=best["epoch"])
-    card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.train " + " ".join(argv or sys.argv[1:]),
+    card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.develop train " + " ".join(getattr(args, "argv", [])),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
             "weight_by_particles": args.weight_by_particles, "balance_kinds": args.balance_kinds, "tta": args.tta,
@@ -370,7 +370,3 @@ def main(argv=None) -> int:
     print(f"wrote {args.out} (epoch {best['epoch']}, validation AUC {best.get('val_auc')}, "
           f"decision accuracy {best.get('val_decision')})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

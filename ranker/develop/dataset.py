@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .star import StarError, read_star
+from ranker.develop.truth import read_class_truth
+from ranker.runtime.star import StarError, read_star
 
 
 @dataclass
@@ -87,9 +88,9 @@ def _in_dir(path: str):
 
 def featurise(optimiser_rel: str, project_dir: str = "."):
     """(job, particle summary, FeatureSet) of a Class2D iteration; paths relative to project_dir."""
-    from .class2d import read_class2d
-    from .features import compute_features
-    from .particles import scan_particles
+    from ranker.runtime.class2d import read_class2d
+    from ranker.runtime.features import compute_features
+    from ranker.runtime.particles import scan_particles
 
     with _in_dir(project_dir):
         job = read_class2d(optimiser_rel)
@@ -119,18 +120,17 @@ def _build(job, parts, fs, targets_by_class, true_by_class, name, split, kind_by
 
 def from_truth_job(project_dir: str) -> LabelledClasses:
     """A labelled RELION project: Class2D job + class_truth.csv (+ corpus_job.json split)."""
-    truth_path = os.path.join(project_dir, "class_truth.csv")
-    if not os.path.exists(truth_path):
-        raise StarError(f"{project_dir}: no class_truth.csv")
-    rows = list(csv.DictReader(open(truth_path)))
-    frac = {int(r["class_number"]): float(r["frac_good"]) if r["frac_good"] not in ("", "nan") else np.nan
-            for r in rows}
-    n_good = {int(r["class_number"]): float(r["n_good"]) for r in rows}
+    try:
+        rows = read_class_truth(project_dir)
+    except FileNotFoundError as exc:
+        raise StarError(str(exc)) from None
+    frac = {r["class_number"]: r["frac_good"] for r in rows}
+    n_good = {r["class_number"]: float(r["n_good"]) for r in rows}
     meta_path = os.path.join(project_dir, "corpus_job.json")
     split = json.load(open(meta_path)).get("split", "") if os.path.exists(meta_path) else ""
     job, parts, fs = featurise(find_optimiser(project_dir), project_dir)
     targets = {k: float(purity_target([v])[0]) for k, v in frac.items()}
-    kinds = {int(r["class_number"]): r.get("majority_kind", "") for r in rows}
+    kinds = {r["class_number"]: r.get("majority_kind", "") for r in rows}
     return _build(job, parts, fs, targets, n_good, os.path.abspath(project_dir), split, kinds)
 
 

@@ -12,15 +12,14 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from ranker.simulate.files import (
-    JUNK_KINDS,
+from ranker.develop.simulate.files import (
     json_default,
     load_mrc,
     relion_version,
     save_mrc,
     write_star,
 )
-from ranker.simulate.optics import (
+from ranker.develop.simulate.optics import (
     apply_ctf,
     circle_mask,
     ctf2d,
@@ -28,19 +27,19 @@ from ranker.simulate.optics import (
     pref_euler,
     relion_normalise,
 )
-from ranker.simulate.quickclass import quick_class2d
-from ranker.simulate.structures import (
+from ranker.develop.simulate.quickclass import quick_class2d
+from ranker.develop.simulate.structures import (
     pseudo_model,
     read_structure_atoms,
     structure_radius,
 )
-from ranker.simulate.truth import (
+from ranker.develop.simulate.truth import (
     analyse_class2d,
-    class_summary,
     cleanup,
     montage,
     strip_progress,
 )
+from ranker.develop.truth import JUNK_KINDS, class_summary
 
 # ======================================================================================
 # one job
@@ -414,7 +413,7 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         note=(("relion_refine was run directly from the project root (not through relion_pipeliner); "
                if s["classifier"] == "relion" else
-               "classes made by ranker.simulate.quickclass (in-Python stand-in, NOT relion_refine); ")
+               "classes made by ranker.develop.simulate.quickclass (in-Python stand-in, NOT relion_refine); ")
               + "Import/job001/particles.star is the simulated particle STAR file; particle stacks deleted"))
     with open(P("corpus_job.json"), "w") as f:
         json.dump(info, f, indent=1, default=json_default)

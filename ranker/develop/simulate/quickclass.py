@@ -41,10 +41,10 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from ranker.simulate.files import load_mrc, save_mrc, write_star
-from ranker.simulate.optics import ctf2d
-from ranker.star import format_block, read_star
-from ranker.star import write_star as write_star_blocks
+from ranker.develop.simulate.files import load_mrc, save_mrc, write_star
+from ranker.develop.simulate.optics import ctf2d
+from ranker.runtime.star import format_block, read_star
+from ranker.runtime.star import write_star as write_star_blocks
 
 ALIGN_PX = 48              # alignment search box (px); bigger boxes are Fourier-cropped to this
 ROT_STEP_DEG = 10.0
@@ -392,7 +392,7 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
         rows_classes.append((k, nk / N, acc_rot, acc_tr, res_A))
     write_outputs(proj_dir, P, it, K, cls, poses * [1, scale, scale], loglik, images, rows_classes, ssnr_tabs,
                   mask_d_A, float(s["tau2_fudge"]), acc_all)
-    desc = (f"quick in-Python 2D classification (ranker.simulate.quickclass, not RELION): K={K}, "
+    desc = (f"quick in-Python 2D classification (ranker.develop.simulate.quickclass, not RELION): K={K}, "
             f"mixing {mix:.3f}, psi sense {sign:+.0f}, {ALIGN_ROUNDS} alignment rounds")
     log(f"  {desc}")
     return desc

@@ -6,8 +6,6 @@ import subprocess
 
 import numpy as np
 
-KINDS = ["good", "noise", "ice", "edge", "aggregate", "offcentre", "partial"]
-JUNK_KINDS = KINDS[1:]
 
 
 # ======================================================================================
@@ -27,7 +25,7 @@ def write_star(path, blocks):
 
 def read_star_loop(path, block):
     """The loop of ``data_<block>``: (column labels without '_', rows as lists of str)."""
-    from ranker.star import read_star
+    from ranker.runtime.star import read_star
 
     tab = read_star(path)[block]
     return tab.labels, tab.rows

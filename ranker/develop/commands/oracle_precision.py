@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m ranker.oracle_precision JOB_DIR [JOB_DIR ...] [--sigmas 0.02,0.05,0.1,0.15]
+    python -m ranker.develop oracle_precision JOB_DIR [JOB_DIR ...] [--sigmas 0.02,0.05,0.1,0.15]
         [--draws 1000] [--target 0.95] [--ignore_kinds partial] [--seed 0] [--out report.md]
 
 The oracle of ``ranker.evaluate`` keeps exactly the classes with >= 50 % real particles. A
@@ -20,14 +20,13 @@ large classes near the 50 % cut. Compare with a model's own error there, which
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 import numpy as np
 
-from .evaluate import class_truth_counts
-from .metrics import selection_vs_oracle
+from ranker.develop.commands import UsageError
+from ranker.develop.truth import class_truth_counts
+from ranker.develop.metrics import selection_vs_oracle
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.15)
 
@@ -75,9 +74,7 @@ def to_markdown(rows, target: float, n_jobs: int, draws: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ranker.oracle_precision", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_args(p) -> None:
     p.add_argument("jobs", nargs="+", help="RELION projects with class_truth.csv")
     p.add_argument("--sigmas", default=",".join(str(s) for s in DEFAULT_SIGMAS),
                    help="comma-separated purity errors (0-1) to simulate")
@@ -86,16 +83,18 @@ def main(argv=None) -> int:
     p.add_argument("--ignore_kinds", default="", help="comma-separated junk kinds to leave out (as ranker.evaluate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the Markdown table here")
-    args = p.parse_args(argv)
+
+
+def main(args) -> int:
     try:
         sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
     except ValueError:
-        p.error(f"--sigmas: not a comma-separated list of numbers: {args.sigmas!r}")
+        raise UsageError(f"--sigmas: not a comma-separated list of numbers: {args.sigmas!r}")
     if any(s < 0 for s in sigmas) or args.draws < 1:
-        p.error("--sigmas must be >= 0 and --draws >= 1")
+        raise UsageError("--sigmas must be >= 0 and --draws >= 1")
     for job in args.jobs:
         if not os.path.isfile(os.path.join(job, "class_truth.csv")):
-            p.error(f"{os.path.join(job, 'class_truth.csv')}: no such file (each job needs its class truth)")
+            raise UsageError(f"{os.path.join(job, 'class_truth.csv')}: no such file (each job needs its class truth)")
     kinds = tuple(k for k in args.ignore_kinds.split(",") if k)
     rows = precision_table(args.jobs, sigmas, args.draws, args.target, kinds, args.seed)
     report = to_markdown(rows, args.target, len(args.jobs), args.draws)
@@ -103,7 +102,3 @@ def main(argv=None) -> int:
     if args.out:
         open(args.out, "w").write(report)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

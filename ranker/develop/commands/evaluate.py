@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m ranker.evaluate JOB_DIR [JOB_DIR ...] [--model PATH] [--out report.md]
+    python -m ranker.develop evaluate JOB_DIR [JOB_DIR ...] [--model PATH] [--out report.md]
 
 Each JOB_DIR is a RELION project with a Class2D job and ``class_truth.csv`` (as the shared
-fixtures and :mod:`ranker.simulate` make them). Prints, per job and pooled:
+fixtures and :mod:`ranker.develop.simulate` make them). Prints, per job and pooled:
 
 * ROC-AUC separating good classes (>= 80 % true particles) from bad ones (<= 20 %);
 * at ``--min_score 0.5`` and ``auto``: true particles kept and junk particles removed,
@@ -15,43 +15,25 @@ fixtures and :mod:`ranker.simulate` make them). Prints, per job and pooled:
 * where 0.5 misses: the oracle's junk it keeps and real particles it loses, split into classes
   within ``NEAR_CUT`` of the 50 % cut and classes farther from it;
 * the model's error (score - purity, particle-weighted RMS) on classes within ``NEAR_CUT`` of the
-  cut, to set beside ``python -m ranker.oracle_precision`` (what that much error costs);
+  cut, to set beside ``python -m ranker.develop oracle_precision`` (what that much error costs);
 * a reliability table: predicted score bins against the observed purity.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
 
-from .dataset import from_truth_job
-from .metrics import roc_auc, selection_vs_oracle
-from .threshold import auto_threshold
+from ranker.develop.dataset import from_truth_job
+from ranker.develop.metrics import roc_auc, selection_vs_oracle
+from ranker.develop.truth import JUNK_KINDS, class_truth_counts
+from ranker.runtime.threshold import auto_threshold
 
 
-JUNK_KINDS = ("noise", "ice", "edge", "aggregate", "offcentre", "partial")
 NEAR_CUT = 0.15  # a class within 15 points of the oracle's 50 % cut counts as "near the cut"
 
 
-def class_truth_counts(project: str, ignore_kinds=()) -> dict:
-    """All non-empty classes of a job, {class number: (n_particles, n_true, {junk kind: n})}, from
-    its class_truth.csv, leaving out the particles of ``ignore_kinds`` (e.g. "partial")."""
-    import csv
-    import os
-    rows = list(csv.DictReader(open(os.path.join(project, "class_truth.csv"))))
-    out = {}
-    for r in rows:
-        n = float(r["n_particles"]) - sum(float(r.get(f"n_{k}") or 0) for k in ignore_kinds)
-        if n > 0:
-            kinds = {k: float(r.get(f"n_{k}") or 0) for k in JUNK_KINDS if k not in ignore_kinds}
-            out[int(r["class_number"])] = (n, float(r["n_good"]), kinds)
-    return out
-
-
 def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, use_context=True) -> dict:
-    from .model import load_model
+    from ranker.runtime.model import load_model
 
     ranker = load_model(model_path, device="cpu")
     if tta is not None:
@@ -152,7 +134,7 @@ def to_markdown(r: dict) -> str:
     e = r.get("near_cut_error")
     if e and e["classes"]:
         out.append(f"- score - purity on classes {int(100 * (0.5 - NEAR_CUT))}-{int(100 * (0.5 + NEAR_CUT))} % real "
-                   f"({e['classes']}): RMS {e['rms_weighted']:.3f} (particle-weighted); `python -m ranker.oracle_precision` shows "
+                   f"({e['classes']}): RMS {e['rms_weighted']:.3f} (particle-weighted); `python -m ranker.develop oracle_precision` shows "
                    "what a selector with that purity error could reach on these jobs")
     out += ["", "Reliability (scored classes pooled):", "", "| score bin | classes | mean purity | particle-weighted purity |",
             "|---|---|---|---|"]
@@ -160,10 +142,8 @@ def to_markdown(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ranker.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("jobs", nargs="+")
+def add_args(p) -> None:
+    p.add_argument("jobs", nargs="+", help="RELION projects with a Class2D job and class_truth.csv")
     p.add_argument("--model", default=None, help="weights (default: the shipped model)")
     p.add_argument("--out", help="also write the Markdown report here")
     p.add_argument("--tta", choices=["model", "on", "off"], default="model",
@@ -172,7 +152,9 @@ def main(argv=None) -> int:
                    "(e.g. partial: fragments of the complex, which no per-class ranker can tell from a small protein)")
     p.add_argument("--no_job_context", action="store_true", help="score each class alone (the model's "
                    "job-context stage off, as the job's --job_context false)")
-    args = p.parse_args(argv)
+
+
+def main(args) -> int:
     kinds = tuple(k for k in args.ignore_kinds.split(",") if k)
     report = to_markdown(evaluate(args.jobs, args.model, tta={"model": None, "on": True, "off": False}[args.tta],
                                   ignore_kinds=kinds, use_context=not args.no_job_context))
@@ -180,7 +162,3 @@ def main(argv=None) -> int:
     if args.out:
         open(args.out, "w").write(report)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,15 +14,15 @@ from collections import Counter
 
 import numpy as np
 
-from ranker.simulate.files import JUNK_KINDS, json_default
-from ranker.simulate.project import build_project
-from ranker.simulate.structures import (
+from ranker.develop.simulate.files import json_default
+from ranker.develop.simulate.project import build_project
+from ranker.develop.simulate.structures import (
     HELDOUT_PROTEINS,
     PSEUDO_SHAPES,
     pseudo_model,
     structure_radius,
 )
-from ranker.simulate.truth import class_summary
+from ranker.develop.truth import JUNK_KINDS, class_summary, read_class_truth
 
 
 # ======================================================================================
@@ -174,7 +174,7 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
 
     A job is built in CORPUS/jobNNNN.tmp and renamed when complete; a crash removes it and
     writes CORPUS/failed/jobNNNN.log. ``classifier``: "relion" (relion_refine) or "quick"
-    (ranker.simulate.quickclass, not RELION; for volume, check it with ``compare``)."""
+    (ranker.develop.simulate.quickclass, not RELION; for volume, check it with ``compare``)."""
     os.makedirs(corpus, exist_ok=True)
     structures = {}
     if structures_dir and os.path.exists(os.path.join(structures_dir, "structures.json")):
@@ -234,9 +234,7 @@ def summarise(corpus, per_job=False):
     for j in jobs:
         info = json.load(open(j))
         d = os.path.dirname(j)
-        rows = list(csv.DictReader(open(os.path.join(d, "class_truth.csv"))))
-        for r in rows:
-            r["n_particles"] = int(r["n_particles"])
+        rows = read_class_truth(d)
         cs = class_summary(rows)
         big = class_summary([r for r in rows if r["n_particles"] >= 10])
         for k in ("good", "bad", "mixed"):

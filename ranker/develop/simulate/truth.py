@@ -7,7 +7,8 @@ import os
 import re
 from collections import Counter, defaultdict
 
-from ranker.simulate.files import KINDS, load_mrc, read_star_loop
+from ranker.develop.simulate.files import load_mrc, read_star_loop
+from ranker.develop.truth import KINDS, write_class_truth
 
 
 def analyse_class2d(proj_dir, it):
@@ -36,19 +37,8 @@ def analyse_class2d(proj_dir, it):
             d[lab] = m.get(lab)
         d["rlnReferenceImage"] = m.get("rlnReferenceImage")
         out.append(d)
-    with open(os.path.join(proj_dir, "class_truth.csv"), "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(out[0].keys()))
-        wr.writeheader()
-        wr.writerows(out)
+    write_class_truth(proj_dir, out)
     return out
-
-
-def class_summary(rows):
-    """Counts of good (frac_good >= 0.8), bad (<= 0.2), mixed and empty classes."""
-    g = sum(1 for d in rows if d["n_particles"] and float(d["frac_good"]) >= 0.8)
-    b = sum(1 for d in rows if d["n_particles"] and float(d["frac_good"]) <= 0.2)
-    e = sum(1 for d in rows if not d["n_particles"])
-    return dict(good=g, bad=b, mixed=len(rows) - g - b - e, empty=e)
 
 
 def montage(proj_dir, it, rows, out_png):

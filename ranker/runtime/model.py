@@ -13,7 +13,7 @@ is ever executed. Two layouts are accepted (:func:`load_model`):
   optionally with ``"members": [state_dict, ...]``: an ensemble of networks of the same
   layout (trained with different seeds) whose scores are averaged, and ``"logit_shift"``:
   added to the logit of the (averaged) score, so that 0.5 falls where the training data
-  put the best keep/reject threshold (``ranker.train --calibrate_folds``);
+  put the best keep/reject threshold (``python -m ranker.develop train --calibrate_folds``);
 * RELION-5's ``v1.0.ckpt``: ``{"model_state_dict": ..., "model_definition": <python
   source>}``. Only the state dict is used; the stored source is ignored, never run.
 
@@ -31,8 +31,18 @@ import numpy as np
 FORMAT = "relion_external_rank"
 FEATURE_DIM = 24
 IMAGE_PX = 64
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "models", "relion_external_rank_v3.pt")
+SHIPPED_MODEL = "relion_external_rank_v3.pt"
+
+
+def shipped_model_path(name: str = SHIPPED_MODEL) -> str:
+    """The shipped weights file: package data ``ranker/models/`` of an installed package (pip maps
+    the repository's ``models/`` there), else ``models/`` of the source checkout."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidates = (os.path.join(package, "models", name), os.path.join(os.path.dirname(package), "models", name))
+    return next((p for p in candidates if os.path.isfile(p)), candidates[0])
+
+
+DEFAULT_MODEL = shipped_model_path()
 # RELION's v1.0 checkpoint also holds two heads its scorer never uses (image-only and
 # feature-only); they are dropped when such a checkpoint is loaded.
 _RELION_UNUSED_HEADS = ("classifier_images.", "classifier_features.")
@@ -118,7 +128,7 @@ class Ranker:
     logit_shift: float = 0.0
     card: dict = field(default_factory=dict)
     device: str = "cpu"
-    job_context: list | None = None  # (a, b, c, lift) of ranker.context, or None
+    job_context: list | None = None  # (a, b, c, lift) of ranker.runtime.context, or None
 
     @property
     def net(self):
@@ -133,7 +143,7 @@ class Ranker:
 
     def score_job(self, vectors: np.ndarray, images: np.ndarray, use_context: bool = True) -> np.ndarray:
         """Scores (float32, shape (K,)) of ALL scored classes of ONE 2D classification: with the
-        model's job-context stage (ranker.context) when it has one and ``use_context``, else
+        model's job-context stage (ranker.runtime.context) when it has one and ``use_context``, else
         :meth:`score`."""
         if not self.context_applies(use_context):
             return self.score(vectors, images)
@@ -275,7 +285,7 @@ def save_model(net, path: str, card: dict, output: str = "sigmoid", tta: bool = 
                image_norm: str = "none", logit_shift: float = 0.0, job_context=None) -> None:
     """Save weights in our format (tensors and plain values only), atomically.
     ``net``: one network, or a list of them (an ensemble; scores are averaged);
-    ``job_context``: (a, b, c[, lift]) of ranker.context, or None."""
+    ``job_context``: (a, b, c[, lift]) of ranker.runtime.context, or None."""
     import torch
 
     nets = list(net) if isinstance(net, (list, tuple)) else [net]

@@ -1,0 +1,55 @@
+"""Make a corpus of varied labelled jobs (restartable), or show a corpus's progress.
+
+    python -m ranker.develop corpus CORPUS --n 60 [--structures DIR] [--seed 1] [--classifier quick]
+    python -m ranker.develop corpus CORPUS --summary [--jobs]
+
+Jobs CORPUS/job0001 ... are made as by the ``simulate`` command with parameters drawn per job
+(:mod:`ranker.develop.simulate.corpus`); finished jobs are skipped, a crashed job is removed and
+logged in CORPUS/failed/. ``tools/make_corpus.sh`` runs this with the structures fetched first.
+"""
+
+from __future__ import annotations
+
+from ranker.develop.commands import UsageError
+
+
+def add_args(p) -> None:
+    from ranker.develop.truth import JUNK_KINDS
+
+    p.add_argument("corpus")
+    p.add_argument("--summary", action="store_true", help="only print the corpus's progress and class counts")
+    p.add_argument("--jobs", action="store_true", help="with --summary: one line per job")
+    p.add_argument("--n", type=int, default=60, help="number of jobs (job0001..)")
+    p.add_argument("--structures", default="", help="directory made by the 'structures' command")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--heldout", default="8,28,48", help="job numbers that use 4JSV (split heldout)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="max estimated relion_refine seconds per job (relion_seconds()); sizes shrink to fit")
+    p.add_argument("--relion_timeout", type=float, default=900, help="s; a slower relion_refine fails the job")
+    p.add_argument("--retry_failed", action="store_true")
+    p.add_argument("--stop_after_hours", type=float, default=None)
+    p.add_argument("--snr_range", type=float, nargs=2, default=[0.03, 0.3], metavar=("LOW", "HIGH"),
+                   help="log-uniform SNR range of the jobs")
+    p.add_argument("--junk_kinds", default="", help="comma-separated junk kinds jobs draw from (default all: "
+                   + ",".join(JUNK_KINDS) + ")")
+    p.add_argument("--classifier", default="relion", choices=["relion", "quick"],
+                   help="relion_refine, or the fast in-Python stand-in (quickclass; not RELION)")
+
+
+def main(a) -> int:
+    from ranker.develop.simulate.corpus import run_many, summarise
+    from ranker.develop.truth import JUNK_KINDS
+
+    if a.summary:
+        summarise(a.corpus, a.jobs)
+        return 0
+    kinds = [k for k in a.junk_kinds.split(",") if k]
+    bad = [k for k in kinds if k not in JUNK_KINDS]
+    if bad:
+        raise UsageError(f"--junk_kinds: unknown kind(s) {','.join(bad)}; known: {','.join(JUNK_KINDS)}")
+    held = tuple(int(v) for v in a.heldout.split(",") if v)
+    run_many(a.corpus, a.n, a.structures or None, a.seed, held, a.budget, a.relion_timeout,
+             a.retry_failed, a.stop_after_hours * 3600 if a.stop_after_hours else None,
+             log=lambda m: print(m, flush=True), snr_range=tuple(a.snr_range),
+             junk_kinds=kinds or None, classifier=a.classifier)
+    return 0
