@@ -3,8 +3,8 @@
 # exactly as RELION's External job would, and show what it wrote.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-EXE="$HERE/bin/relion_external_rank.py"
-[ -x "$EXE" ] || { echo "run_example.sh: run ./install.sh first" >&2; exit 2; }
+EXE="$HERE/relion_external_rank.py"
+[ -f "$HERE/.installed_python" ] || [ -x "$HERE/.venv/bin/python" ] || { echo "run_example.sh: run ./install.sh first" >&2; exit 2; }
 rm -rf "$HERE/example_output/project"
 mkdir -p "$HERE/example_output"
 cp -r "$HERE/examples/class2d_sim" "$HERE/example_output/project"

@@ -51,15 +51,3 @@ def test_example_project_runs_with_the_default_model(tmp_path):
     # the catch-all junk class (#7, 5.5 % real particles) is rejected, the 7 good ones kept
     sel = [l.strip() for l in open(out / "backup_selection.star") if l.strip() in ("0", "1")]
     assert sel[6] == "0" and sum(s == "1" for s in sel) >= 7
-
-
-def test_install_into_an_existing_python(tmp_path):
-    """./install.sh --python PATH keeps the environment's packages and writes a wrapper that
-    runs the job with that Python."""
-    r = subprocess.run(["bash", os.path.join(ROOT, "install.sh"), "--python", sys.executable, "--no-example"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    wrapper = os.path.join(ROOT, "bin", "relion_external_rank.py")
-    assert wrapper in r.stdout and sys.executable in open(wrapper).read()
-    h = subprocess.run([wrapper, "--help"], capture_output=True, text=True)
-    assert h.returncode == 0 and "--min_score" in h.stdout
