@@ -36,15 +36,12 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATE = os.path.join(HERE, "external_rank", "job.star")
-# install.sh writes bin/relion_external_rank.py, which starts the job with the Python it installed into
-_REPO = os.path.dirname(HERE)
-DEFAULT_EXE = next((p for p in (os.path.join(_REPO, "bin", "relion_external_rank.py"),
-                                os.path.join(_REPO, "relion_external_rank.py")) if os.path.exists(p)),
-                   os.path.join(_REPO, "relion_external_rank.py"))
+# the repository's relion_external_rank.py finds the Python install.sh installed into, whatever runs it
+DEFAULT_EXE = os.path.join(os.path.dirname(HERE), "relion_external_rank.py")
 
 # relion_it-style options (names as in relion_it.py option files); None = keep the template's value
 RANK_OPTIONS = {
-    "rank_exe": DEFAULT_EXE,            # fn_exe: bin/relion_external_rank.py made by install.sh (or a wrapper)
+    "rank_exe": DEFAULT_EXE,            # fn_exe: the repository's relion_external_rank.py (or an installed command)
     "rank_min_score": None,             # keep classes scoring at least this (template: 0.5; or "auto")
     "rank_max_score": None,
     "rank_select_min_nr_particles": None,  # add best classes until this many particles (-1: off)
