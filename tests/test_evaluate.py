@@ -16,6 +16,7 @@ def test_evaluate_shipped_model_on_fixtures(capsys):
     assert r["pooled_auc"] >= 0.95 and len(r["jobs"]) == 2
     assert abs(r["0.5"]["true_kept_vs_oracle"] - 1) < 0.05 and r["0.5"]["junk_removed_vs_oracle"] > 0.9
     assert 0.95 <= r["0.5"]["decision_agreement"] <= 1
+    assert r["0.5"]["regret"] <= 0.01  # the target for simulated sets
 
 
 def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
@@ -29,6 +30,10 @@ def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
     assert "junk that threshold 0.5 keeps but the oracle removes, by kind: noise" in evalmod.to_markdown(r)
     m = r["misses_by_purity"]  # the fixtures' junk classes are pure noise: all misses far from the cut
     assert m["junk_far"] > 0.99 and m["junk_near"] == 0 and m["true_near"] == m["true_far"] == 0
+    # class2d_sim's only wrong decision is its junk class 7 (60 real of 1088): 968 of its 3850 particles
+    sim = next(j for j in r["jobs"] if j["job"] == SIM)
+    assert sim["0.5"]["regret"] == 1088 - 2 * 60 and evalmod.job_regret(sim["0.5"]) == pytest.approx(968 / 3850)
+    assert f"| {100 * 968 / 3850:.2f} % |" in evalmod.to_markdown(r) and "Regret at 0.5" in evalmod.to_markdown(r)
 
 
 def test_keeping_nothing_loses_the_real_particles_in_clean_classes(monkeypatch):

@@ -31,6 +31,16 @@ def test_selection_vs_oracle():
     assert m["junk_removed"] == 20 + 190 and m["oracle_junk_removed"] == 190
     assert m["junk_unremovable"] == 10 + 20
     assert m["agreeing"] == 100 + 200  # class 2 (60 % real) is the one decided differently
+    assert m["regret"] == 30 - 20  # dropping it loses 30 real and removes 20 junk: 10 particles worse off
+
+
+def test_regret_counts_each_class_decided_unlike_the_oracle_by_its_majority_margin():
+    n, t = [100, 50, 200, 40], [90, 30, 10, 20]  # 90 %, 60 %, 5 %, 50 % real (the oracle keeps 50 %)
+    assert selection_vs_oracle([True, True, False, True], n, t)["regret"] == 0  # the oracle itself
+    everything = selection_vs_oracle([True] * 4, n, t)["regret"]
+    assert everything == 190 - 10  # keeping the 5 % class: 190 junk kept for 10 real saved
+    nothing = selection_vs_oracle([False] * 4, n, t)["regret"]
+    assert nothing == (90 - 10) + (30 - 20) + 0  # the 50 % class costs nothing either way
 
 
 def test_decision_accuracy_uses_truth_or_the_users_selection():

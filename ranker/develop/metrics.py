@@ -39,7 +39,11 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
 
     Returns true particles kept (ours / oracle's), junk removed (ours / oracle's), the
     junk the oracle must keep (inside majority-true classes: not removable by class selection),
-    and the particles whose class gets the oracle's keep/reject decision ("agreeing").
+    the particles whose class gets the oracle's keep/reject decision ("agreeing"), and the
+    ``regret``: particles whose fate is worse than under the oracle, beyond what the oracle gets
+    wrong anyway -- each class decided unlike the oracle costs |true - junk| particles (keeping a
+    junk-majority class keeps junk - true more particles wrongly; dropping a true-majority class
+    loses true - junk more). Divide by the particle total for the fraction users care about.
     """
     keep = np.asarray(keep, bool)
     n = np.asarray(n_particles, float)
@@ -50,7 +54,8 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     out = {"true_kept": float(t[keep].sum()), "oracle_true_kept": float(t[oracle].sum()),
            "junk_removed": float(junk[~keep].sum()), "oracle_junk_removed": float(junk[~oracle].sum()),
            "junk_unremovable": float(junk[oracle].sum()), "true_total": float(t.sum()), "junk_total": float(junk.sum()),
-           "agreeing": float(n[keep == oracle].sum())}
+           "agreeing": float(n[keep == oracle].sum()),
+           "regret": float(np.abs(t - junk)[keep != oracle].sum())}
     out["true_kept_vs_oracle"] = out["true_kept"] / out["oracle_true_kept"] if out["oracle_true_kept"] else 1.0
     out["junk_removed_vs_oracle"] = (out["junk_removed"] / out["oracle_junk_removed"]
                                      if out["oracle_junk_removed"] else 1.0)

@@ -8,6 +8,9 @@ Each JOB_DIR is a RELION project with a Class2D job and ``class_truth.csv`` (as 
 fixtures and :mod:`ranker.develop.simulate` make them). Prints, per job and pooled:
 
 * ROC-AUC separating good classes (>= 80 % true particles) from bad ones (<= 20 %);
+* the regret at 0.5: particles whose fate differs from the class-level oracle's beyond what the
+  oracle gets wrong anyway (each class decided unlike the oracle costs |true - junk| particles),
+  as a fraction of all particles, per job and pooled (:func:`ranker.develop.metrics.selection_vs_oracle`);
 * at ``--min_score 0.5`` and ``auto``: true particles kept and junk particles removed,
   as fractions of what the oracle achieves (the oracle keeps exactly the classes with
   >= 50 % true particles), and the junk inside majority-true classes that no class
@@ -83,7 +86,10 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
         result[name] = {"true_kept_vs_oracle": tot["true_kept"] / max(tot["oracle_true_kept"], 1),
                         "junk_removed_vs_oracle": tot["junk_removed"] / max(tot["oracle_junk_removed"], 1),
                         "junk_unremovable_fraction": tot["junk_unremovable"] / max(tot["junk_total"], 1),
-                        "decision_agreement": tot["agreeing"] / max(tot["true_total"] + tot["junk_total"], 1)}
+                        "decision_agreement": tot["agreeing"] / max(tot["true_total"] + tot["junk_total"], 1),
+                        "regret": tot["regret"] / max(tot["true_total"] + tot["junk_total"], 1),
+                        "oracle_misplaced": (tot["junk_unremovable"] + tot["true_total"] - tot["oracle_true_kept"])
+                        / max(tot["true_total"] + tot["junk_total"], 1)}
     bins = np.linspace(0, 1, 6)
     table = []
     for lo, hi in zip(bins[:-1], bins[1:]):
@@ -103,19 +109,28 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
     return result
 
 
+def job_regret(m: dict) -> float:
+    """Regret of one job's selection (a :func:`selection_vs_oracle` result) as a fraction of its particles."""
+    return m["regret"] / max(m["true_total"] + m["junk_total"], 1)
+
+
 def to_markdown(r: dict) -> str:
     out = [f"Model: `{r['model']}`" + (" (scores averaged over 8 rotations/flips)" if r.get("tta") else "")
            + (" with its job-context stage" if r.get("job_context") else ""), "",
-           "| job | classes | good / bad | AUC | thr 0.5: true kept / junk removed (vs oracle) | auto thr | auto: true kept / junk removed |",
-           "|---|---|---|---|---|---|---|"]
+           "| job | classes | good / bad | AUC | regret at 0.5 | thr 0.5: true kept / junk removed (vs oracle) | auto thr | auto: true kept / junk removed |",
+           "|---|---|---|---|---|---|---|---|"]
     for j in r["jobs"]:
         a, b = j["0.5"], j["auto"]
         out.append(f"| {'/'.join(j['job'].rstrip('/').split('/')[-2:])} | {j['n_classes']} | {j['n_good']} / {j['n_bad']} | "
-                   f"{j['auc']:.3f} | {a['true_kept_vs_oracle']:.3f} / {a['junk_removed_vs_oracle']:.3f} | "
+                   f"{j['auc']:.3f} | {100 * job_regret(a):.2f} % | {a['true_kept_vs_oracle']:.3f} / {a['junk_removed_vs_oracle']:.3f} | "
                    f"{b['threshold']:.2f} | {b['true_kept_vs_oracle']:.3f} / {b['junk_removed_vs_oracle']:.3f} |")
     if r.get("ignored"):
         out += ["", f"Particles of kind {', '.join(r['ignored'])} are left out of every count and purity."]
-    out += ["", f"Pooled AUC (good >= 80 % vs bad <= 20 % true particles): **{r['pooled_auc']:.3f}**", ""]
+    out += ["", f"Pooled AUC (good >= 80 % vs bad <= 20 % true particles): **{r['pooled_auc']:.3f}**", "",
+            f"Regret at 0.5 (particles decided unlike the class-level oracle beyond its own misplaced ones, "
+            f"|true - junk| per class decided otherwise, over all particles): **{100 * r['0.5']['regret']:.2f} %** "
+            f"pooled (auto threshold: {100 * r['auto']['regret']:.2f} %); the oracle itself misplaces "
+            f"{100 * r['0.5']['oracle_misplaced']:.1f} % (junk in kept classes + real particles in removed ones).", ""]
     for name in ("0.5", "auto"):
         m = r[name]
         out.append(f"- threshold {name}: true particles kept {100 * m['true_kept_vs_oracle']:.1f} % of the oracle's, "
