@@ -105,12 +105,16 @@ _DATA_SUFFIX = re.compile(r"_data\.star$")
 
 
 def resolve_optimiser(in_optimiser: str | None, in_parts: str | None) -> str:
-    """The optimiser STAR to read, from ``--in_optimiser`` or a Class2D ``_data.star``."""
+    """The optimiser STAR to read, from ``--in_optimiser``, a Class2D ``_data.star``, or a Class2D job
+    directory given to either (its final iteration: :func:`final_iteration`)."""
+    given = in_optimiser or in_parts
+    if not given:
+        raise StarError("no input: give --in_parts Class2D/jobNNN/run_itNNN_data.star, a Class2D job directory "
+                        "(Class2D/jobNNN/) or --in_optimiser Class2D/jobNNN/run_itNNN_optimiser.star")
+    if os.path.isdir(given):
+        return final_iteration(given)
     if in_optimiser:
         return in_optimiser
-    if not in_parts:
-        raise StarError("no input: give --in_parts Class2D/jobNNN/run_itNNN_data.star "
-                        "or --in_optimiser Class2D/jobNNN/run_itNNN_optimiser.star")
     if not _DATA_SUFFIX.search(in_parts):
         raise StarError(f"{in_parts}: input particles must be a Class2D run_itNNN_data.star "
                         "(its _optimiser.star and _model.star are read beside it)")
@@ -118,6 +122,30 @@ def resolve_optimiser(in_optimiser: str | None, in_parts: str | None) -> str:
 
 
 _ITERATION = re.compile(r"^(?P<root>.*)_it(?P<it>\d+)_(?:optimiser|data)\.star$")
+
+
+def iteration_number(path: str) -> int | None:
+    """NNN of a ``..._itNNN_optimiser.star`` or ``..._itNNN_data.star`` path, else None."""
+    m = _ITERATION.match(path)
+    return int(m["it"]) if m else None
+
+
+def _newest_complete(pattern: str, before: int | None = None) -> str | None:
+    """The optimiser STAR of the highest iteration matching ``pattern`` (a glob of
+    ``*_itNNN_optimiser.star``), below ``before`` if given, whose model, data and class stack are all
+    written; None if there is none."""
+    import glob
+
+    best = None
+    for path in glob.glob(pattern):
+        it = iteration_number(path)
+        if it is None or (before is not None and it >= before):
+            continue
+        stem = path[: -len("_optimiser.star")]
+        if all(os.path.exists(stem + suffix) for suffix in ("_model.star", "_data.star", "_classes.mrcs")):
+            if best is None or it > best[0]:
+                best = (it, path)
+    return best[1] if best else None
 
 
 def latest_complete_iteration(optimiser_path: str) -> str | None:
@@ -129,16 +157,25 @@ def latest_complete_iteration(optimiser_path: str) -> str | None:
     m = _ITERATION.match(optimiser_path)
     if not m:
         return None
-    best = None
-    for path in glob.glob(glob.escape(m["root"]) + "_it*_optimiser.star"):
-        it = _ITERATION.match(path)
-        if not it or int(it["it"]) >= int(m["it"]):
-            continue
-        stem = path[: -len("_optimiser.star")]
-        if all(os.path.exists(stem + suffix) for suffix in ("_model.star", "_data.star", "_classes.mrcs")):
-            if best is None or int(it["it"]) > best[0]:
-                best = (int(it["it"]), path)
-    return best[1] if best else None
+    return _newest_complete(glob.escape(m["root"]) + "_it*_optimiser.star", before=int(m["it"]))
+
+
+def final_iteration(job_dir: str) -> str:
+    """The optimiser STAR of a Class2D job directory's final iteration: the highest ``*_itNNN``
+    whose optimiser, model, data and class stack are all written (what a pipeline can name without
+    knowing the iteration count, e.g. RELION-4/5 VDAM's 200 or an EM job's 25)."""
+    import glob
+
+    path = _newest_complete(os.path.join(glob.escape(job_dir), "*_it*_optimiser.star"))
+    if path is None:
+        raise StarError(f"{job_dir}: no complete Class2D iteration in this directory "
+                        "(run_itNNN_optimiser.star, _model.star, _data.star and _classes.mrcs)")
+    return path
+
+
+def job_finished(job_dir: str) -> bool:
+    """Whether RELION marked the job directory as finished (RELION_JOB_EXIT_SUCCESS)."""
+    return os.path.exists(os.path.join(job_dir, "RELION_JOB_EXIT_SUCCESS"))
 
 
 def _class_number(reference: str, model_path: str) -> int:

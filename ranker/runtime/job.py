@@ -54,7 +54,8 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
 
 def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     from .background import Background
-    from .class2d import latest_complete_iteration, read_class2d, resolve_optimiser
+    from .class2d import (iteration_number, job_finished, latest_complete_iteration, read_class2d,
+                          resolve_optimiser)
     from .particles import scan_particles, write_selected
     from . import outputs
     from .selection import select_classes
@@ -64,6 +65,13 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
         log(f"Note: ignoring {note} (not used for ranking 2D classes)")
     optimiser = resolve_optimiser(opts.in_optimiser, opts.in_parts)
     data_path = opts.in_parts
+    given_dir = next((p for p in (opts.in_optimiser, opts.in_parts) if p and os.path.isdir(p)), None)
+    if given_dir:
+        data_path = None  # the optimiser names its data.star
+        log(f"Class2D job directory {given_dir}: ranking its final iteration, {iteration_number(optimiser)}")
+        if not job_finished(given_dir):
+            log(f"WARNING: {given_dir} has no RELION_JOB_EXIT_SUCCESS (Class2D still running or failed?); "
+                f"iteration {iteration_number(optimiser)} is the newest complete one")
     if not os.path.exists(optimiser):
         latest = latest_complete_iteration(optimiser)
         if latest is None:

@@ -42,7 +42,8 @@ _IGNORED = ("in_mics", "in_movies", "in_coords", "in_3dref", "in_mask")
 SPEC = {
     "o": ("out_dir", "str", "output (job) directory, e.g. External/job012/"),
     "in_optimiser": ("in_optimiser", "str", "Class2D run_itNNN_optimiser.star"),
-    "in_parts": ("in_parts", "str", "Class2D run_itNNN_data.star (optimiser/model read beside it)"),
+    "in_parts": ("in_parts", "str", "Class2D run_itNNN_data.star (optimiser/model read beside it), or a Class2D "
+                 "job directory (its final iteration is ranked)"),
     "j": ("threads", "int", "threads for numpy/torch (RELION always passes it)"),
     "min_score": ("min_score", "score", "keep classes scoring at least this (0.5; 'auto' = per-job threshold)"),
     "max_score": ("max_score", "float", "keep classes scoring at most this (999)"),
