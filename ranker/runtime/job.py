@@ -47,17 +47,57 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     inbox = Inbox()
     scorer = Background(score_when_ready, inbox, opts.model, opts.device, opts.threads, opts.job_context)
     try:
-        _run(opts, jobdir, log, scorer, inbox)
+        run_stages(opts, jobdir, log, scorer, inbox)
     finally:
         scorer.cancel()
 
 
-def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
+def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
+    """The stages, in order. Each ends with its ' + ' timing line in run.out and, where
+    marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs)."""
     from .background import Background
+
+    def stage_done(name: str, poll_abort: bool = True) -> None:
+        log.stage(name)
+        if poll_abort:
+            jobdir.check_abort()
+
+    import_job_modules()
+    job = read_class2d_job(opts, log)
+    stage_done("read optimiser and model")
+    parts = count_particles_per_class(job, jobdir, log)
+    stage_done("count particles per class")
+    images, fs = featurise_classes(job, parts, opts.threads, jobdir, log)
+    stage_done("features and network images")
+    scores, raw_scores, model_path = score_classes(job, fs, scorer, inbox, log)
+    stage_done("scores")
+    sel, threshold_text = apply_selection_rules(opts, scores, raw_scores, parts, log)
+    stage_done("selection", poll_abort=False)
+    write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
+    report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
+                        scores, parts, sel, threshold_text, model_path)  # drawn while particles.star is written
+    try:
+        n_written = write_particles_star(job, sel, jobdir)
+        stage_done("write STAR outputs", poll_abort=False)
+        report.result()
+    finally:
+        report.cancel()
+    stage_done("report (logfile.pdf, logfile.png), drawn while particles.star was written")
+    move_outputs_into_place(jobdir)
+    log_results(job, parts, scores, sel, n_written, jobdir, log)
+    log(f"Total time: {time.perf_counter() - log.t0:.2f} s")
+
+
+def import_job_modules() -> None:
+    """Import what the stages use (numpy, scipy, ...), after the scorer's fork: torch is
+    imported there meanwhile."""
+    from . import class2d, features, fourier, outputs, particles, selection, star  # noqa: F401
+
+
+def read_class2d_job(opts: Options, log: Log):
+    """The Class2D optimiser, model and class images' header (the latest complete iteration
+    if the named one does not exist yet)."""
     from .class2d import latest_complete_iteration, read_class2d, resolve_optimiser
-    from .particles import scan_particles, write_selected
-    from . import outputs
-    from .selection import select_classes
     from .star import StarError
 
     for note in opts.ignored:
@@ -80,8 +120,13 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if not job.do_correct_ctf:
         log("WARNING: this job was run without CTF correction (RELION's ranker refuses such jobs); "
             "ranking anyway, scores may be less reliable")
-    log.stage("read optimiser and model")
-    jobdir.check_abort()
+    return job
+
+
+def count_particles_per_class(job, jobdir: JobDir, log: Log):
+    """Stream data.star once: particles per class, optics groups (flat memory)."""
+    from .particles import scan_particles
+    from .star import StarError
 
     parts = scan_particles(job.data_path, abort=jobdir.check_abort)
     unknown = sorted(set(parts.counts) - {c.class_number for c in job.classes})
@@ -90,27 +135,40 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
                         f"{job.model_path} does not have ({job.nr_classes} classes)")
     log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
         f"{parts.n_optics_groups} optics group(s)")
-    log.stage("count particles per class")
-    jobdir.check_abort()
+    return parts
+
+
+def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
+    """The class images, and RELION's 24 features and 64x64 network image of every class
+    with more than 10 particles. Returns (images, feature set)."""
+    from . import features, fourier
 
     images = job.load_images()
-    from . import fourier
-    from .features import compute_features
-    fourier.WORKERS = opts.threads
-    fs = compute_features(job, images, parts.n_particles, parts.optics, parts.last_row, abort=jobdir.check_abort)
+    fourier.WORKERS = threads
+    fs = features.compute_features(job, images, parts.n_particles, parts.optics, parts.last_row,
+                                   abort=jobdir.check_abort)
     for note in fs.notes:
         log(f"Note: {note}")
     log(f"  {len(fs.rows)} classes with more than 10 particles get features and a score")
-    log.stage("features and network images")
-    jobdir.check_abort()
+    return images, fs
 
+
+def score_classes(job, fs, scorer, inbox, log: Log):
+    """Hand the features to the scorer (which has imported torch and loaded the model
+    meanwhile) and wait for its scores. Returns ({class number: score}, raw scores in
+    feature-row order, the model file)."""
     inbox.put((fs.vectors, fs.images))
     raw_scores, model_path, device, context = scorer.result()
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
     log(f"  model {model_path} on {device}" + ("; scores read beside this job's best class (job context; "
                                                "--job_context false scores each class alone)" if context else ""))
-    log.stage("scores")
-    jobdir.check_abort()
+    return scores, raw_scores, model_path
+
+
+def apply_selection_rules(opts: Options, scores: dict, raw_scores, parts, log: Log):
+    """RELION's selection rules (``--min_score auto``: this job's own threshold).
+    Returns (selection, the threshold in words for the report)."""
+    from .selection import select_classes
 
     min_score = opts.min_score
     threshold_text = f"{min_score:g}" if min_score != "auto" else ""
@@ -124,7 +182,13 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if opts.relative_thresholds:
         threshold_text += f" x best score = {sel.min_score:.3f} (relative)"
         log(f"  relative thresholds: keep scores in [{sel.min_score:.3f}, {sel.max_score:.3f}]")
-    log.stage("selection")
+    return sel, threshold_text
+
+
+def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel, parts) -> None:
+    """The small STAR outputs (rank_model/optimiser/data, backup_selection, class_averages,
+    and features if asked), under temporary names."""
+    from . import outputs
 
     rank_model = jobdir.file("rank_model.star")
     outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
@@ -135,18 +199,18 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if opts.write_features:
         outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
                                jobdir.file("features_images.mrcs"), job, fs, scores)
-    report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
-                        scores, parts, sel, threshold_text, model_path)
-    try:
-        n_written = write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected,
-                                   abort=jobdir.check_abort)
-        log.stage("write STAR outputs")
-        report.result()
-    finally:
-        report.cancel()
-    log.stage("report (logfile.pdf, logfile.png), drawn while particles.star was written")
-    jobdir.check_abort()
 
+
+def write_particles_star(job, sel, jobdir: JobDir) -> int:
+    """particles.star: the selected classes' rows copied byte for byte (temporary name).
+    Returns the number of particles written."""
+    from .particles import write_selected
+
+    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
+
+
+def move_outputs_into_place(jobdir: JobDir) -> None:
+    """Write RELION_OUTPUT_NODES.star and rename every output into place together."""
     nodes = [(jobdir.file("particles.star"), protocol.NODE_PARTICLES),
              (jobdir.file("class_averages.star"), protocol.NODE_CLASS_AVERAGES),
              (jobdir.file("rank_optimiser.star"), protocol.NODE_OPTIMISER),
@@ -155,6 +219,9 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
         fh.write(protocol.nodes_star(nodes))
     jobdir.commit()
 
+
+def log_results(job, parts, scores: dict, sel, n_written: int, jobdir: JobDir, log: Log) -> None:
+    """The scores, best first, and what was selected."""
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     log("Scores (class: score, particles):")
     log("  " + ", ".join(f"{k}: {s:.3f} ({parts.counts.get(k, 0)})" for k, s in ranked))
@@ -165,7 +232,6 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if sel.by_fallback:
         log(f"  {len(sel.by_fallback)} class(es) added to reach the minimum number of particles/classes: "
             + ", ".join(map(str, sel.by_fallback)))
-    log(f"Total time: {time.perf_counter() - log.t0:.2f} s")
 
 
 def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, threshold_text, model_path) -> None:
