@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from .. import __version__
 from . import protocol
 from .options import OptionError, Options, parse_options, usage
 from .protocol import JobAborted, JobDir
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         if str(exc) == "help":
             print(usage())
             return 0
+        if str(exc) == "version":
+            print(version())
+            return 0
         print(f"ERROR: {exc}", file=sys.stderr)
         out = _out_dir_guess(argv)
         if out:
@@ -280,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         jobdir.start()
         jobdir.remove_outputs(OUTPUT_NAMES)
+        from .model import model_path
+        log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
         log(f"relion_external_rank: {' '.join(argv)}")
         run(opts, jobdir, log)
     except JobAborted:
@@ -300,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     jobdir.finish(protocol.EXIT_SUCCESS)
     return 0
+
+
+def version() -> str:
+    """``relion_external_rank VERSION`` (``ranker.__version__``)."""
+    return f"relion_external_rank {__version__}"
 
 
 def _one_line(exc: Exception) -> str:

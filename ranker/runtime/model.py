@@ -239,6 +239,13 @@ def _state_dict_from(obj, path: str):
                      f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
 
 
+def model_path(name: str | None = None) -> str:
+    """The weights file ``--model name`` means: the shipped model when none is given,
+    RELION-5's downloaded checkpoint for "relion5", else the path as given."""
+    path = name or DEFAULT_MODEL
+    return relion5_checkpoint() if path == "relion5" else path
+
+
 def load_model(path: str | None = None, device: str = "auto", threads: int | None = None) -> Ranker:
     """Load weights from ``path`` (default: the shipped model) onto ``device``.
 
@@ -248,9 +255,7 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
     import pickle
     import torch
 
-    path = path or DEFAULT_MODEL
-    if path == "relion5":
-        path = relion5_checkpoint()
+    path = model_path(path)
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     if not os.path.isfile(path):
