@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
-from ranker.runtime.job import main  # noqa: E402
+from ranker.runtime.job import program  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    program()
