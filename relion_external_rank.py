@@ -63,9 +63,9 @@ def main():
         os.environ[REEXEC_MARK] = "1"
         os.execv(py, [py, os.path.realpath(__file__)] + sys.argv[1:])
     sys.path.insert(0, HERE)
-    from ranker.runtime.job import main as job_main
+    from ranker.runtime.job import program
 
-    return job_main()
+    program()  # runs the job and exits with its status
 
 
 if __name__ == "__main__":

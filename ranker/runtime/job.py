@@ -1,9 +1,11 @@
 """The External job from start to end: read, featurise, score, select, write.
 
-``relion_external_rank.py`` calls :func:`main`. Progress goes to stdout (RELION's
-run.out); an error is one line on stderr (run.err) naming the file and the problem,
-followed by ``RELION_JOB_EXIT_FAILURE`` and a non-zero exit. Outputs are written under
-temporary names and renamed together at the end, so a failure or abort leaves none.
+``relion_external_rank.py`` calls :func:`program` (:func:`main`, then exit). Progress goes
+to stdout (RELION's run.out); an error is one line on stderr (run.err) naming the file and
+the problem, followed by ``RELION_JOB_EXIT_FAILURE`` and a non-zero exit. Outputs are
+written under temporary names and renamed together at the end, so a failure or abort
+leaves none. :func:`run_stages` lists the stages; run.out times each (`` + stage: S s``),
+from the process start (:func:`process_start`) to the ``Total time`` line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sys
 import time
 
+from .. import __version__
 from . import protocol
 from .options import OptionError, Options, parse_options, usage
 from .protocol import JobAborted, JobDir
@@ -21,19 +24,56 @@ OUTPUT_NAMES = ("particles.star", "class_averages.star", "backup_selection.star"
                 "logfile.png", protocol.NODES_FILE)
 
 
-class Log:
-    """Timed progress lines for run.out."""
+def process_start() -> float | None:
+    """When this process started, on the time.perf_counter() clock; None where unknown.
 
-    def __init__(self):
-        self.t0 = self.t = time.perf_counter()
+    Linux: the start time the kernel keeps in /proc/self/stat (field 22, clock ticks since
+    boot, rounded down to a tick; half a tick, 5 ms, is added back), compared with
+    CLOCK_BOOTTIME now. So it counts what ``time`` counts: the interpreter's own start-up
+    and every import before :func:`main` (and a wrapper script that exec's Python)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()  # fields from 3 on (the name may hold spaces)
+        tick = 1.0 / os.sysconf("SC_CLK_TCK")
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - (int(fields[19]) + 0.5) * tick
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return time.perf_counter() - age
+
+
+_IMPORTED = time.perf_counter()  # where /proc is missing, start-up is counted from here
+
+
+class Log:
+    """run.out lines and stage timings.
+
+    Each ``' + stage: S s'`` line is the time since the previous one, so with the start-up
+    line (process start to :func:`main`) they add up to the ``Total time`` line: the job's
+    wall time from the process start. ``started``: the perf_counter time counted from, and
+    ``startup`` / ``since`` what the start-up line covers and the total counts from (None:
+    from when main() was called, as when tests call it; no start-up line then)."""
+
+    def __init__(self, started: float | None = None, startup: str = "", since: str = "since main() was called"):
+        self.called = time.perf_counter()
+        self.t0 = self.called if started is None else started
+        self.t = self.called
+        self.startup_text, self.since = startup, since
 
     def __call__(self, text: str) -> None:
         print(text, flush=True)
+
+    def startup(self) -> None:
+        if self.startup_text:
+            print(f" + start-up ({self.startup_text}): {self.called - self.t0:.2f} s", flush=True)
 
     def stage(self, name: str) -> None:
         now = time.perf_counter()
         print(f" + {name}: {now - self.t:.2f} s", flush=True)
         self.t = now
+
+    def total(self) -> None:
+        print(f"Total time: {time.perf_counter() - self.t0:.2f} s ({self.since}; the + lines add up to it)",
+              flush=True)
 
 
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
@@ -47,18 +87,61 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     inbox = Inbox()
     scorer = Background(score_when_ready, inbox, opts.model, opts.device, opts.threads, opts.job_context)
     try:
-        _run(opts, jobdir, log, scorer, inbox)
+        run_stages(opts, jobdir, log, scorer, inbox)
     finally:
         scorer.cancel()
 
 
-def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
+def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
+    """The stages, in order. Each ends with its ' + ' timing line in run.out and, where
+    marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs)."""
     from .background import Background
+
+    def stage_done(name: str, poll_abort: bool = True) -> None:
+        log.stage(name)
+        if poll_abort:
+            jobdir.check_abort()
+
+    import_job_modules()
+    stage_done("imports (numpy, scipy, the job's modules) and set-up; torch meanwhile in a background process",
+               poll_abort=False)
+    job = read_class2d_job(opts, log)
+    stage_done("read optimiser and model")
+    parts = count_particles_per_class(job, jobdir, log)
+    stage_done("count particles per class")
+    images, fs = featurise_classes(job, parts, opts.threads, jobdir, log)
+    stage_done("features and network images")
+    scores, raw_scores, model_path = score_classes(job, fs, scorer, inbox, log)
+    stage_done("scores")
+    sel, threshold_text = apply_selection_rules(opts, scores, raw_scores, parts, log)
+    stage_done("selection", poll_abort=False)
+    write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
+    report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
+                        scores, parts, sel, threshold_text, model_path)  # drawn while particles.star is written
+    try:
+        n_written = write_particles_star(job, sel, jobdir)
+        stage_done("write STAR outputs", poll_abort=False)
+        report.result()
+    finally:
+        report.cancel()
+    stage_done("report (logfile.pdf, logfile.png), drawn while particles.star was written")
+    move_outputs_into_place(jobdir)
+    stage_done("move outputs into place", poll_abort=False)
+    log_results(job, parts, scores, sel, n_written, jobdir, log)
+    log.total()
+
+
+def import_job_modules() -> None:
+    """Import what the stages use (numpy, scipy, ...), so that the stage timings do not hide
+    import time. Done after the scorer's fork: torch is imported there meanwhile."""
+    from . import class2d, features, fourier, outputs, particles, selection, star  # noqa: F401
+
+
+def read_class2d_job(opts: Options, log: Log):
+    """The Class2D optimiser, model and class images' header (the latest complete iteration
+    if the named one does not exist yet)."""
     from .class2d import (iteration_number, job_finished, latest_complete_iteration, read_class2d,
                           resolve_optimiser)
-    from .particles import scan_particles, write_selected
-    from . import outputs
-    from .selection import select_classes
     from .star import StarError
 
     for note in opts.ignored:
@@ -88,8 +171,13 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if not job.do_correct_ctf:
         log("WARNING: this job was run without CTF correction (RELION's ranker refuses such jobs); "
             "ranking anyway, scores may be less reliable")
-    log.stage("read optimiser and model")
-    jobdir.check_abort()
+    return job
+
+
+def count_particles_per_class(job, jobdir: JobDir, log: Log):
+    """Stream data.star once: particles per class, optics groups (flat memory)."""
+    from .particles import scan_particles
+    from .star import StarError
 
     parts = scan_particles(job.data_path, abort=jobdir.check_abort)
     unknown = sorted(set(parts.counts) - {c.class_number for c in job.classes})
@@ -98,27 +186,44 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
                         f"{job.model_path} does not have ({job.nr_classes} classes)")
     log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
         f"{parts.n_optics_groups} optics group(s)")
-    log.stage("count particles per class")
-    jobdir.check_abort()
+    return parts
+
+
+def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
+    """The class images, and RELION's 24 features and 64x64 network image of every class
+    with more than 10 particles. Returns (images, feature set)."""
+    from . import features, fourier
 
     images = job.load_images()
-    from . import fourier
-    from .features import compute_features
-    fourier.WORKERS = opts.threads
-    fs = compute_features(job, images, parts.n_particles, parts.optics, parts.last_row, abort=jobdir.check_abort)
+    fourier.WORKERS = threads
+    fs = features.compute_features(job, images, parts.n_particles, parts.optics, parts.last_row,
+                                   abort=jobdir.check_abort)
     for note in fs.notes:
         log(f"Note: {note}")
     log(f"  {len(fs.rows)} classes with more than 10 particles get features and a score")
-    log.stage("features and network images")
-    jobdir.check_abort()
+    return images, fs
 
+
+def score_classes(job, fs, scorer, inbox, log: Log):
+    """Hand the features to the scorer (which has imported torch and loaded the model
+    meanwhile) and wait for its scores. Returns ({class number: score}, raw scores in
+    feature-row order, the model file)."""
     inbox.put((fs.vectors, fs.images))
-    raw_scores, model_path, device, context = scorer.result()
+    raw_scores, model_path, device, context, timing = scorer.result()
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
     log(f"  model {model_path} on {device}" + ("; scores read beside this job's best class (job context; "
                                                "--job_context false scores each class alone)" if context else ""))
-    log.stage("scores")
-    jobdir.check_abort()
+    where = (f"in a background process, {timing['began'] - log.t0:.2f} s to {timing['loaded'] - log.t0:.2f} s "
+             f"after the start, alongside the stages above" if scorer.proc is not None else "in this stage")
+    log(f"  torch {timing['torch']} imported in {timing['imported'] - timing['began']:.2f} s and the model loaded "
+        f"in {timing['loaded'] - timing['imported']:.2f} s ({where})")
+    return scores, raw_scores, model_path
+
+
+def apply_selection_rules(opts: Options, scores: dict, raw_scores, parts, log: Log):
+    """RELION's selection rules (``--min_score auto``: this job's own threshold).
+    Returns (selection, the threshold in words for the report)."""
+    from .selection import select_classes
 
     min_score = opts.min_score
     threshold_text = f"{min_score:g}" if min_score != "auto" else ""
@@ -132,7 +237,13 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if opts.relative_thresholds:
         threshold_text += f" x best score = {sel.min_score:.3f} (relative)"
         log(f"  relative thresholds: keep scores in [{sel.min_score:.3f}, {sel.max_score:.3f}]")
-    log.stage("selection")
+    return sel, threshold_text
+
+
+def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel, parts) -> None:
+    """The small STAR outputs (rank_model/optimiser/data, backup_selection, class_averages,
+    and features if asked), under temporary names."""
+    from . import outputs
 
     rank_model = jobdir.file("rank_model.star")
     outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
@@ -143,18 +254,18 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if opts.write_features:
         outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
                                jobdir.file("features_images.mrcs"), job, fs, scores)
-    report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
-                        scores, parts, sel, threshold_text, model_path)
-    try:
-        n_written = write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected,
-                                   abort=jobdir.check_abort)
-        log.stage("write STAR outputs")
-        report.result()
-    finally:
-        report.cancel()
-    log.stage("report (logfile.pdf, logfile.png), drawn while particles.star was written")
-    jobdir.check_abort()
 
+
+def write_particles_star(job, sel, jobdir: JobDir) -> int:
+    """particles.star: the selected classes' rows copied byte for byte (temporary name).
+    Returns the number of particles written."""
+    from .particles import write_selected
+
+    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
+
+
+def move_outputs_into_place(jobdir: JobDir) -> None:
+    """Write RELION_OUTPUT_NODES.star and rename every output into place together."""
     nodes = [(jobdir.file("particles.star"), protocol.NODE_PARTICLES),
              (jobdir.file("class_averages.star"), protocol.NODE_CLASS_AVERAGES),
              (jobdir.file("rank_optimiser.star"), protocol.NODE_OPTIMISER),
@@ -163,6 +274,9 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
         fh.write(protocol.nodes_star(nodes))
     jobdir.commit()
 
+
+def log_results(job, parts, scores: dict, sel, n_written: int, jobdir: JobDir, log: Log) -> None:
+    """The scores, best first, and what was selected."""
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     log("Scores (class: score, particles):")
     log("  " + ", ".join(f"{k}: {s:.3f} ({parts.counts.get(k, 0)})" for k, s in ranked))
@@ -173,7 +287,6 @@ def _run(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     if sel.by_fallback:
         log(f"  {len(sel.by_fallback)} class(es) added to reach the minimum number of particles/classes: "
             + ", ".join(map(str, sel.by_fallback)))
-    log(f"Total time: {time.perf_counter() - log.t0:.2f} s")
 
 
 def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, threshold_text, model_path) -> None:
@@ -203,13 +316,20 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, thres
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; returns the process exit status (0 success, 1 failure/abort, 2 usage)."""
+    """Run the job; returns the process exit status (0 success, 1 failure/abort, 2 usage).
+
+    Run as a program (``argv`` None), run.out's times count from the process start;
+    called with ``argv`` (from Python, e.g. tests), from this call."""
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts = parse_options(argv)
     except OptionError as exc:
         if str(exc) == "help":
             print(usage())
+            return 0
+        if str(exc) == "version":
+            print(version())
             return 0
         print(f"ERROR: {exc}", file=sys.stderr)
         out = _out_dir_guess(argv)
@@ -218,11 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stderr)
         return 2
     jobdir = JobDir(opts.out_dir)
-    log = Log()
+    log = _log_for(as_program)
     try:
         jobdir.start()
         jobdir.remove_outputs(OUTPUT_NAMES)
+        from .model import model_path
+        log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
         log(f"relion_external_rank: {' '.join(argv)}")
+        log.startup()
         run(opts, jobdir, log)
     except JobAborted:
         jobdir.discard()
@@ -242,6 +365,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     jobdir.finish(protocol.EXIT_SUCCESS)
     return 0
+
+
+def program() -> None:
+    """The ``relion_external_rank`` command: :func:`main` on ``sys.argv``, then the process
+    ends at once with its status (stdout and stderr flushed). By then every output file is
+    closed and the background processes are joined, so skipping the interpreter's teardown
+    (about 50 ms with numpy and scipy loaded) loses nothing, and the job ends when run.out's
+    Total time says it does."""
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
+
+
+def version() -> str:
+    """``relion_external_rank VERSION`` (``ranker.__version__``)."""
+    return f"relion_external_rank {__version__}"
+
+
+def _log_for(as_program: bool) -> Log:
+    """A run.out log counting from the process start (as a program), else from now."""
+    if not as_program:
+        return Log()
+    started = process_start()
+    if started is None:
+        return Log(_IMPORTED, "imports before main(), since ranker.runtime.job was imported; Python's own start-up "
+                              "is not measured here", "since ranker.runtime.job was imported")
+    return Log(started, "Python start-up and imports before main(), since the process started",
+               "since the process started")
 
 
 def _one_line(exc: Exception) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,11 +189,19 @@ def score_when_ready(inbox, path, device, threads, use_context=True):
 
     Meant to run in a :class:`ranker.background.Background` process, so that importing
     torch overlaps with reading data.star. Returns (scores, path, device, whether the job
-    context was applied)."""
+    context was applied, timing); timing: {"torch": torch's version, "began", "imported",
+    "loaded": time.perf_counter() when this began, when torch was imported, when the model
+    was loaded} (perf_counter is system-wide on Linux, so the parent can compare). Only
+    plain values go back: unpickling e.g. torch's own version object would import torch
+    in the parent."""
+    began = time.perf_counter()
+    import torch
+    imported = time.perf_counter()
     ranker = load_model(path, device=device, threads=threads)
+    timing = {"torch": str(torch.__version__), "began": began, "imported": imported, "loaded": time.perf_counter()}
     vectors, images = inbox.get()
     return (ranker.score_job(vectors, images, use_context), ranker.path, ranker.device,
-            ranker.context_applies(use_context))
+            ranker.context_applies(use_context), timing)
 
 
 def dihedral_views(imgs):
@@ -239,6 +248,13 @@ def _state_dict_from(obj, path: str):
                      f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
 
 
+def model_path(name: str | None = None) -> str:
+    """The weights file ``--model name`` means: the shipped model when none is given,
+    RELION-5's downloaded checkpoint for "relion5", else the path as given."""
+    path = name or DEFAULT_MODEL
+    return relion5_checkpoint() if path == "relion5" else path
+
+
 def load_model(path: str | None = None, device: str = "auto", threads: int | None = None) -> Ranker:
     """Load weights from ``path`` (default: the shipped model) onto ``device``.
 
@@ -248,9 +264,7 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
     import pickle
     import torch
 
-    path = path or DEFAULT_MODEL
-    if path == "relion5":
-        path = relion5_checkpoint()
+    path = model_path(path)
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     if not os.path.isfile(path):

@@ -4,7 +4,8 @@ RELION builds ``EXE --o JOB/ [--in_parts F] [--LABEL VALUE ...] --j N [other arg
 [--pipeline_control JOB/]``; a param with an empty value arrives as a bare ``--LABEL``.
 So flags accept no value as well as true/false/yes/no/1/0, and every option is
 ``--name [value]``. :func:`parse_options` returns :class:`Options` or raises
-:class:`OptionError` with one line naming the problem.
+:class:`OptionError` with one line naming the problem (or "help" / "version" for
+``--help`` / ``--version``, which the job answers and exits 0).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def usage() -> str:
              "[options]", "", "options:"]
     lines += [f"  --{name:<26}{help_}" for name, (_a, _c, help_) in SPEC.items()]
     lines += [f"  --{name:<26}accepted and ignored (RELION input field)" for name in _IGNORED]
+    lines += [f"  --{'help':<26}print this list and exit", f"  --{'version':<26}print the version and exit"]
     return "\n".join(lines)
 
 
@@ -115,6 +117,8 @@ def parse_options(argv: list[str]) -> Options:
             i += 1
         if name in ("h", "help"):
             raise OptionError("help")
+        if name == "version":
+            raise OptionError("version")
         if name in _IGNORED:
             opts.ignored.append(f"--{name} {value or ''}".strip())
             continue
