@@ -1,6 +1,6 @@
 """Our 24 features and 64x64 images against RELION-5's own relion_class_ranker output.
 
-The reference folders (shared/fixtures/*/relion5_reference) were written by RELION 5.0.1
+The reference folders (tests/data/*/relion5_reference, conftest SIM_REF/R5_REF) were written by RELION 5.0.1
 in --train mode on the same Class2D jobs. Targets: every normalised feature within 0.01
 absolute, images within 1e-3 relative RMS. The worst difference per feature is printed.
 """
@@ -10,7 +10,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import R5, R5_OPT, SIM, SIM_OPT
+from conftest import R5, R5_OPT, REFERENCE, SIM, SIM_OPT
 from ranker.runtime.class2d import read_class2d
 from ranker.runtime.features import FEATURE_NAMES, compute_features
 from ranker.runtime.particles import scan_particles
@@ -24,8 +24,9 @@ def _ours_and_reference(root, opt):
     job = read_class2d(opt)
     parts = scan_particles(job.data_path)
     fs = compute_features(job, job.load_images(), parts.n_particles, parts.optics, parts.last_row)
-    norm = read_star("relion5_reference/features_normalized.star")["normalized_class_features"]
-    raw = read_star("relion5_reference/features.star")["class_features"]
+    ref = REFERENCE[root]
+    norm = read_star(os.path.join(ref, "features_normalized.star"))["normalized_class_features"]
+    raw = read_star(os.path.join(ref, "features.star"))["class_features"]
     return job, fs, norm, raw
 
 
@@ -42,7 +43,8 @@ def test_normalised_vectors_and_images_match_relion(name, root, opt, monkeypatch
     assert worst.max() <= 0.01, report
     rms = []
     for j, stack in enumerate(norm.column("rlnSubImageStack")):
-        r = mrcfile.read(stack).astype(np.float64).reshape(64, 64)
+        # rlnSubImageStack is relative to the project RELION ran in: relion5_reference/subimages_...
+        r = mrcfile.read(os.path.join(os.path.dirname(REFERENCE[root]), stack)).astype(np.float64).reshape(64, 64)
         rms.append(np.sqrt(((fs.images[j] - r) ** 2).mean() / (r ** 2).mean()))
     print(f"{name}: worst 64x64 image relative RMS {max(rms):.2g}")
     assert max(rms) <= 1e-3

@@ -1,4 +1,4 @@
-"""The External job end to end on copies of the real RELION projects in ../shared."""
+"""The External job end to end on copies of the real RELION projects (conftest: SIM, R5)."""
 import hashlib
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SIM, SIM_DATA, SIM_OPT, R5_DATA
+from conftest import ROOT, SIM_DATA, SIM_OPT, SIM_REF, R5_DATA
 from ranker.runtime import job as jobmod
 from ranker.runtime.model import Ranker
 from ranker.runtime.star import read_star
@@ -81,7 +81,7 @@ def test_particles_star_rows_are_byte_identical_and_in_order(sim_project, test_m
     expected = [row for row in data_rows(SIM_DATA) if row.split()[ci].decode() in chosen]
     assert data_rows(OUT + "particles.star") == expected
     # RELION-5 auto-select with the same fake scores selected the same particle rows
-    rowcount = int(open(os.path.join(SIM, "relion5_reference/autoselect/particles.star.rowcount")).read().split()[0])
+    rowcount = int(open(os.path.join(SIM_REF, "autoselect/particles.star.rowcount")).read().split()[0])
     assert len(expected) == rowcount
 
 
@@ -89,7 +89,7 @@ def test_outputs_match_relion5_autoselect(sim_project, test_model, monkeypatch):
     """Same scores as RELION's reference run ((i+0.5)/K) -> same selection and tables."""
     fake_scores(monkeypatch, lambda k: (np.arange(k) + 0.5) / k)
     assert jobmod.main(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model]) == 0
-    ref = os.path.join(SIM, "relion5_reference/autoselect")
+    ref = os.path.join(SIM_REF, "autoselect")
     for name, block in (("backup_selection.star", ""), ("class_averages.star", ""), ("rank_model.star", "model_classes")):
         ours = read_star(OUT + name)[block]
         theirs = read_star(os.path.join(ref, name))[block]

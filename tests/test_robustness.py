@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT, SIM_DATA, SIM_OPT
+from conftest import ROOT, SIM, SIM_DATA, SIM_OPT
 from ranker.runtime import job as jobmod
 from ranker.runtime.star import StarError, format_block, parse_star
 from ranker.runtime.particles import scan_particles
@@ -255,7 +255,7 @@ def test_random_valid_star_round_trips(labs, data):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300), st.integers(0, 2000))
 def test_corrupted_star_gives_our_error_never_a_traceback(tmp_path, junk, where):
-    text = open(os.path.join(os.path.dirname(ROOT), "shared/fixtures/class2d_sim", SIM_OPT), "rb").read()
+    text = open(os.path.join(SIM, SIM_OPT), "rb").read()
     where = min(where, len(text))
     bad = text[:where] + junk + text[where + len(junk) // 2:]
     try:
