@@ -35,8 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranker.runtime.star import format_block
+
 PIPELINER = "relion_pipeliner"
-EMPTY_PIPELINE = "\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n \n"
+EMPTY_PIPELINE = format_block("pipeline_general", ["rlnPipeLineJobCounter"], [[1]], loop=False)
 STATUS = {0: "running", 1: "scheduled", 2: "succeeded", 3: "failed", 4: "aborted"}
 SEC_WAIT_AFTER = 1
 
@@ -267,16 +269,6 @@ OPTICS_LABELS = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalP
                  "rlnImageDimensionality"]
 
 
-def _star_text(blocks: list[tuple[str, list[str], list[list]]]) -> str:
-    out = []
-    for name, labels, rows in blocks:
-        out += ["", "# version 30001", "", f"data_{name}", "", "loop_ "]
-        out += [f"_{label} #{i + 1} " for i, label in enumerate(labels)]
-        out += [" ".join(str(v) for v in row) + " " for row in rows]
-        out.append(" ")
-    return "\n".join(out) + "\n"
-
-
 def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs: int = 60, box: int = 64,
                        angpix: float = 3.5, snr: float = 0.3, n_mics: int = 6, seed: int = 1) -> dict:
     """Write ``Simulated/particles.star`` + stacks + ``truth.csv`` under ``root``; returns counts."""
@@ -311,7 +303,7 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
                          f"{psi[j]:.3f}", f"{shifts[j, 0]:.3f}", f"{shifts[j, 1]:.3f}", f"{du:.2f}", f"{dv:.2f}",
                          f"{da:.2f}", "0.0", "1.0", "0.0", 1])
     with open(os.path.join(sim, "good_ang.star"), "w") as fh:
-        fh.write(_star_text([("optics", OPTICS_LABELS, optics), ("particles", ang_labels, ang_rows)]))
+        fh.write(format_block("optics", OPTICS_LABELS, optics) + format_block("particles", ang_labels, ang_rows))
     project = ["relion_project", "--i", "Simulated/ref.mrc", "--ang", "Simulated/good_ang.star", "--ctf"]
     run_program(project + ["--o", "Simulated/good_clean"], root, timeout=300)
     import mrcfile
@@ -369,7 +361,8 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
             truth.append(f"{name},{kinds[i]}")
     rows.sort(key=lambda r: r[0])  # shuffled order (kinds were permuted)
     with open(os.path.join(sim, "particles.star"), "w") as fh:
-        fh.write(_star_text([("optics", OPTICS_LABELS, optics), ("particles", labels, [r for _, r in rows])]))
+        fh.write(format_block("optics", OPTICS_LABELS, optics)
+                 + format_block("particles", labels, [r for _, r in rows]))
     with open(os.path.join(sim, "truth.csv"), "w") as fh:
         fh.write("\n".join(truth) + "\n")
     return {"n_particles": len(kinds), "n_good": n_good, "sigma": sigma}

@@ -1,26 +1,10 @@
-"""What the simulator shares: particle kinds, small STAR / MRC writers and readers, JSON of numpy values,
-the RELION version."""
+"""What the simulator shares: a STAR loop reader, MRC helpers, JSON of numpy values, the RELION
+version. STAR files are written with :mod:`ranker.runtime.star`."""
 from __future__ import annotations
 
 import subprocess
 
 import numpy as np
-
-
-
-# ======================================================================================
-# STAR files (RELION 3.1 style)
-# ======================================================================================
-def write_star(path, blocks):
-    """Write STAR loops. ``blocks``: list of (block_name, column_names, rows)."""
-    with open(path, "w") as f:
-        for name, cols, rows in blocks:
-            f.write(f"\n# version 30001\n\ndata_{name}\n\nloop_ \n")
-            for i, c in enumerate(cols):
-                f.write(f"_{c} #{i + 1} \n")
-            for r in rows:
-                f.write(" ".join(str(v) for v in r) + " \n")
-            f.write(" \n")
 
 
 def read_star_loop(path, block):

@@ -17,7 +17,6 @@ from ranker.develop.simulate.files import (
     load_mrc,
     relion_version,
     save_mrc,
-    write_star,
 )
 from ranker.develop.simulate.optics import (
     apply_ctf,
@@ -40,6 +39,7 @@ from ranker.develop.simulate.truth import (
     strip_progress,
 )
 from ranker.develop.truth import JUNK_KINDS, class_summary
+from ranker.runtime.star import format_block, write_star
 
 # ======================================================================================
 # one job
@@ -72,7 +72,7 @@ def optics_block(box, angpix, kv, cs, q0):
     cols = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
             "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
             "rlnImageDimensionality"]
-    return ("optics", cols, [["opticsGroup1", 1, f"{angpix:.6f}", f"{kv:.6f}", f"{cs:.6f}", f"{q0:.6f}",
+    return format_block("optics", cols, [["opticsGroup1", 1, f"{angpix:.6f}", f"{kv:.6f}", f"{cs:.6f}", f"{q0:.6f}",
                               f"{angpix:.6f}", box, 2]])
 
 
@@ -185,9 +185,9 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
 
     ng = int(s["n_good"])
     good_rows, good_mic, good_view = ang_rows(ng, float(s["shift_sd_px"]))
-    write_star(P("Simulated", "good_ang.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, good_rows)])
+    write_star(P("Simulated", "good_ang.star"), [optics_block(box, apix, kv, cs, q0), format_block("particles", ANG_COLS, good_rows)])
     nsub = min(ng, 300)
-    write_star(P("Simulated", "good_sub.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, good_rows[:nsub])])
+    write_star(P("Simulated", "good_sub.star"), [optics_block(box, apix, kv, cs, q0), format_block("particles", ANG_COLS, good_rows[:nsub])])
     # aggregates: up to 4 members sharing a micrograph; off-centre: 1 projection; all in box 2N
     nag, noff = s["junk"].get("aggregate", 0), s["junk"].get("offcentre", 0)
     ag_mic = rng.integers(0, nm, nag)
@@ -195,14 +195,14 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     junk_rows, junk_mic, _ = ang_rows(4 * nag + noff, 0.0, jm)
     if len(junk_rows):
         write_star(P("Simulated", "junk_ang.star"),
-                   [optics_block(2 * box, apix, kv, cs, q0), ("particles", ANG_COLS, junk_rows)])
+                   [optics_block(2 * box, apix, kv, cs, q0), format_block("particles", ANG_COLS, junk_rows)])
     part_rows = []
     if n_partial:
         part_rows, part_mic, _ = ang_rows(n_partial, float(s["shift_sd_px"]) * 1.5)
         half = (n_partial + 1) // 2
-        write_star(P("Simulated", "frag1_ang.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, part_rows[:half])])
+        write_star(P("Simulated", "frag1_ang.star"), [optics_block(box, apix, kv, cs, q0), format_block("particles", ANG_COLS, part_rows[:half])])
         if n_partial > half:
-            write_star(P("Simulated", "frag2_ang.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, part_rows[half:])])
+            write_star(P("Simulated", "frag2_ang.star"), [optics_block(box, apix, kv, cs, q0), format_block("particles", ANG_COLS, part_rows[half:])])
 
     # ---- relion_project: noise level for the SNR, then noisy good particles and clean junk projections
     t0 = time.time()
@@ -370,7 +370,7 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
                           **{k: extra.get(k, "") for k in tkeys}))
     del items
     os.makedirs(P("Import", "job001"), exist_ok=True)
-    write_star(P("Import", "job001", "particles.star"), [optics_block(box, apix, kv, cs, q0), ("particles", pcols, rows)])
+    write_star(P("Import", "job001", "particles.star"), [optics_block(box, apix, kv, cs, q0), format_block("particles", pcols, rows)])
     with open(P("truth.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(truth[0].keys()))
         wr.writeheader()

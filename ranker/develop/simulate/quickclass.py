@@ -41,10 +41,9 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from ranker.develop.simulate.files import load_mrc, save_mrc, write_star
+from ranker.develop.simulate.files import load_mrc, save_mrc
 from ranker.develop.simulate.optics import ctf2d
-from ranker.runtime.star import format_block, read_star
-from ranker.runtime.star import write_star as write_star_blocks
+from ranker.runtime.star import format_block, read_star, write_star
 
 ALIGN_PX = 48              # alignment search box (px); bigger boxes are Fourier-cropped to this
 ROT_STEP_DEG = 10.0
@@ -426,7 +425,7 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
                                                         "rlnSsnrMap"],
                                    [[j, j / (n * P.angpix), (n * P.angpix / j) if j else 999.0, float(ssnr[j])]
                                     for j in range(nsh)]))
-    write_star_blocks(root + "_model.star", blocks)
+    write_star(root + "_model.star", blocks)
     pcols = list(P.cols) + ["rlnGroupNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
                             "rlnOriginYAngst", "rlnClassNumber", "rlnNormCorrection", "rlnLogLikeliContribution",
                             "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples"]
@@ -435,6 +434,7 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
         a, dy, dx = poses[i]
         prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.angpix:.6f}", f"{dy * P.angpix:.6f}",
                                int(cls[i]), "1.000000", f"{loglik[i]:.6e}", "1.000000", 1])
-    write_star(root + "_data.star", [("optics", P.optics_cols, P.optics_rows), ("particles", pcols, prow)])
-    write_star_blocks(root + "_optimiser.star",
+    write_star(root + "_data.star", [format_block("optics", P.optics_cols, P.optics_rows),
+                                     format_block("particles", pcols, prow)])
+    write_star(root + "_optimiser.star",
                       [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr))])
