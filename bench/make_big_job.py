@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ranker.runtime.mrc import write_mrc  # noqa: E402
 from ranker.runtime.star import block_lines, format_block, write_star  # noqa: E402
 
 
@@ -61,13 +62,12 @@ def main():
     os.makedirs(job, exist_ok=True)
     root = "Class2D/job001/run_it025"
     diameter = a.diameter or 0.7 * a.box * a.angpix
-    import mrcfile
     from scipy import ndimage
     imgs = rng.normal(size=(a.classes, a.box, a.box)).astype(np.float32)
     imgs = ndimage.gaussian_filter(imgs, (0, a.box / 40, a.box / 40)).astype(np.float32)
     yy, xx = np.mgrid[:a.box, :a.box] - a.box // 2
     imgs *= (xx ** 2 + yy ** 2 < (diameter / a.angpix / 2) ** 2)
-    mrcfile.write(os.path.join(a.dir, root + "_classes.mrcs"), imgs, overwrite=True)
+    write_mrc(os.path.join(a.dir, root + "_classes.mrcs"), imgs, a.angpix, stack=True)
     write_data_star(os.path.join(a.dir, root + "_data.star"), a.particles, a.classes, rng)
     pdf = rng.dirichlet(np.ones(a.classes))
     model_general = format_block("model_general", ["rlnReferenceDimensionality", "rlnDataDimensionality",

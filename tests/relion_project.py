@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block
 
 PIPELINER = "relion_pipeliner"
@@ -208,16 +209,6 @@ def count_particles(path: str) -> int:
 # --------------------------------------------------------------------------------------------
 # simulation
 # --------------------------------------------------------------------------------------------
-def _write_mrc(path: str, data: np.ndarray, angpix: float, stack: bool = False) -> None:
-    import mrcfile
-
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
-        if stack:
-            mrc.set_image_stack()
-        mrc.voxel_size = angpix
-
-
 def _density(box: int, angpix: float, rng: np.random.Generator) -> np.ndarray:
     """An asymmetric "protein": 9 Gaussian lobes of 9-14 A inside an ellipsoid of ~150 A."""
     grid = (np.indices((box, box, box)) - box // 2).astype(np.float64) * angpix  # z, y, x in A
@@ -275,7 +266,7 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
     rng = np.random.default_rng(seed)
     sim = os.path.join(root, "Simulated")
     os.makedirs(os.path.join(sim, "Particles"), exist_ok=True)
-    _write_mrc(os.path.join(sim, "ref.mrc"), _density(box, angpix, rng), angpix)
+    write_mrc(os.path.join(sim, "ref.mrc"), _density(box, angpix, rng), angpix)
     optics = [["opticsGroup1", 1, f"{angpix:.6f}", "300.000000", "2.700000", "0.100000", f"{angpix:.6f}", box, 2]]
 
     # micrographs (defocus, astigmatism) and which micrograph each particle comes from
@@ -306,16 +297,14 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
         fh.write(format_block("optics", OPTICS_LABELS, optics) + format_block("particles", ang_labels, ang_rows))
     project = ["relion_project", "--i", "Simulated/ref.mrc", "--ang", "Simulated/good_ang.star", "--ctf"]
     run_program(project + ["--o", "Simulated/good_clean"], root, timeout=300)
-    import mrcfile
-
-    clean = mrcfile.read(os.path.join(sim, "good_clean.mrcs")).astype(np.float64)
+    clean = read_stack(os.path.join(sim, "good_clean.mrcs")).astype(np.float64)
     radius_px = 0.5 * 150 / angpix
     inside = _circle(box, radius_px)
     signal_var = float(np.mean([im[inside].var() for im in clean]))
     sigma = float(np.sqrt(signal_var / snr))
     run_program(project + ["--o", "Simulated/good_noisy", "--add_noise", "--white_noise", f"{sigma:.6g}"],
                 root, timeout=300)
-    noisy = mrcfile.read(os.path.join(sim, "good_noisy.mrcs")).astype(np.float64)
+    noisy = read_stack(os.path.join(sim, "good_noisy.mrcs")).astype(np.float64)
     if noisy.shape != (len(good_idx), box, box):
         raise RelionError(f"relion_project wrote {noisy.shape} images, expected {(len(good_idx), box, box)}")
 
@@ -350,8 +339,8 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
         if not members:
             continue
         stack = f"Simulated/Particles/mic{m + 1:03d}.mrcs"
-        _write_mrc(os.path.join(root, stack), np.stack([_normalise(images[i], 0.375 * box) for i in members]),
-                   angpix, stack=True)
+        write_mrc(os.path.join(root, stack), np.stack([_normalise(images[i], 0.375 * box) for i in members]),
+                  angpix, stack=True)
         du, dv, da = mics[m]
         for n, i in enumerate(members):
             name = f"{n + 1:06d}@{stack}"

@@ -12,12 +12,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from ranker.develop.simulate.files import (
-    json_default,
-    load_mrc,
-    relion_version,
-    save_mrc,
-)
+from ranker.develop.simulate.files import json_default, relion_version
 from ranker.develop.simulate.optics import (
     apply_ctf,
     circle_mask,
@@ -39,6 +34,7 @@ from ranker.develop.simulate.truth import (
     strip_progress,
 )
 from ranker.develop.truth import JUNK_KINDS, class_summary
+from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block, write_star
 
 # ======================================================================================
@@ -138,11 +134,11 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     vol = make_map(xyz, w, box, apix, float(s["blur_A"]), normalise=False)
     peak = float(vol.max())
     vol /= peak
-    save_mrc(P("Simulated", f"ref_box{box}.mrc"), vol, apix)
+    write_mrc(P("Simulated", f"ref_box{box}.mrc"), vol, apix)
     big = np.zeros((2 * box,) * 3, np.float32)
     q = box // 2
     big[q:q + box, q:q + box, q:q + box] = vol
-    save_mrc(P("Simulated", f"ref_box{2 * box}.mrc"), big, apix)
+    write_mrc(P("Simulated", f"ref_box{2 * box}.mrc"), big, apix)
     del big
     n_partial = s["junk"].get("partial", 0)
     frag_info = []
@@ -151,7 +147,7 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
             fx, fw = fragment_atoms(xyz, w, rng)
             # re-centred on the fragment's own centroid, same density scale as the whole complex
             fvol = make_map(fx, fw, box, apix, float(s["blur_A"]), normalise=False) / peak
-            save_mrc(P("Simulated", f"frag{fi + 1}_box{box}.mrc"), fvol, apix)
+            write_mrc(P("Simulated", f"frag{fi + 1}_box{box}.mrc"), fvol, apix)
             frag_info.append(dict(n_atoms=int(len(fx)), mass_frac=round(float(fw.sum() / w.sum()), 3)))
     map_info = dict(protein=s["protein"], n_atoms=int(len(xyz)), approx_mass_kDa=round(float(w.sum()) / 7.0 * 14 / 1000, 1),
                     max_radius_A=round(rmax, 1), r99_A=round(r99, 1), protein_diameter_A=round(prot_diam, 1),
@@ -209,7 +205,7 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     sim = P("Simulated")
     _run(["relion_project", "--i", f"ref_box{box}.mrc", "--ang", "good_sub.star", "--o", "good_sub_clean", "--ctf"],
          P("Simulated", "project_sub.log"), sim)
-    clean = load_mrc(P("Simulated", "good_sub_clean.mrcs")).astype(np.float64)
+    clean = read_stack(P("Simulated", "good_sub_clean.mrcs")).astype(np.float64)
     cm = circle_mask(box, min(prot_diam, box * apix) / 2 / apix)
     sig_var = float(np.mean([im[cm].var() for im in clean]))
     sigma = math.sqrt(sig_var / float(s["snr"]))
@@ -227,13 +223,13 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     log(f"  relion_project: noise sd {sigma:.4g} for SNR {s['snr']} ({t_project:.1f} s)")
 
     # ---- assemble images
-    good = load_mrc(P("Simulated", "good_noisy.mrcs"))
+    good = read_stack(P("Simulated", "good_noisy.mrcs"))
     measured = float(np.mean([im[~circle_mask(box, box * 0.45)].std() for im in good[:200]]))
-    jproj = load_mrc(P("Simulated", "junk_clean.mrcs")) if len(junk_rows) else None
+    jproj = read_stack(P("Simulated", "junk_clean.mrcs")) if len(junk_rows) else None
     fproj = []
     for fi in (1, 2):
         if os.path.exists(P("Simulated", f"frag{fi}_clean.mrcs")):
-            fproj.append(load_mrc(P("Simulated", f"frag{fi}_clean.mrcs")))
+            fproj.append(read_stack(P("Simulated", f"frag{fi}_clean.mrcs")))
     fproj = np.concatenate(fproj) if fproj else None
     n = box
     sig_sd = math.sqrt(sig_var)
@@ -352,7 +348,7 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     for mi, lst in sorted(per_mic.items()):
         fn = f"Simulated/Particles/mic{mi + 1:03d}.mrcs"
         stack = np.stack([relion_normalise(items[o][0], bg_r) for o in lst]).astype(np.float32)
-        save_mrc(P(fn), stack, apix)
+        write_mrc(P(fn), stack, apix)
         for j, o in enumerate(lst):
             name_of[o] = f"{j + 1:06d}@{fn}"
     pcols = ["rlnImageName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU",

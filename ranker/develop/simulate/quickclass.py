@@ -41,8 +41,8 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from ranker.develop.simulate.files import load_mrc, save_mrc
 from ranker.develop.simulate.optics import ctf2d
+from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block, read_star, write_star
 
 ALIGN_PX = 48              # alignment search box (px); bigger boxes are Fourier-cropped to this
@@ -129,7 +129,7 @@ class _Particles:
         for r in self.rows:
             i, path = r[c["rlnImageName"]].split("@", 1)
             if path not in stacks:
-                stacks[path] = load_mrc(os.path.join(proj_dir, path))
+                stacks[path] = read_stack(os.path.join(proj_dir, path))
             imgs.append(stacks[path][int(i) - 1])
         self.images = np.asarray(imgs, np.float32)
         self._ctf = {}
@@ -404,7 +404,7 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
     os.makedirs(d, exist_ok=True)
     root = os.path.join(d, f"run_it{it:03d}")
     n = images.shape[-1]
-    save_mrc(root + "_classes.mrcs", images.astype(np.float32), P.angpix)
+    write_mrc(root + "_classes.mrcs", images.astype(np.float32), P.angpix)
     wsum = sum(c for c, _, _ in acc_all) or 1
     acc_rot = sum(c * min(r, 999) for c, r, _ in acc_all) / wsum
     acc_tr = sum(c * min(t, 999) for c, _, t in acc_all) / wsum
