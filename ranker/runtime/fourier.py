@@ -13,6 +13,8 @@ import math
 import numpy as np
 import scipy.fft
 
+from .ctf import electron_wavelength_A
+
 WORKERS = 1  # FFT threads; the job sets this from --j
 
 
@@ -89,8 +91,7 @@ def first_peak_ctf_correction(img: np.ndarray, angpix: float, voltage_kV: float,
     shift are taken as 0, as in RELION.
     """
     n = img.shape[-1]
-    volts = voltage_kV * 1e3
-    lam = 12.2643247 / math.sqrt(volts * (1 + 0.978466e-6 * volts))
+    lam = electron_wavelength_A(voltage_kV)
     ky = _signed_rows(n)[:, None] / (n * angpix)
     kx = np.arange(n // 2 + 1)[None, :] / (n * angpix)
     q0 = amplitude_contrast

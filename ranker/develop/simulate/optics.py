@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ranker.runtime.ctf import electron_wavelength_A
+
 
 # ======================================================================================
 # density map and CTF
@@ -48,15 +50,9 @@ def make_map(xyz, w, box, angpix, blur_A, fine_max_A=1.6, normalise=True):
     return out.astype(np.float32)
 
 
-def electron_wavelength(kv):
-    """Relativistic electron wavelength (A) at kv kilovolts."""
-    v = kv * 1e3
-    return 12.2643247 / math.sqrt(v * (1 + v * 0.978466e-6))
-
-
 def ctf2d(n, angpix, du, dv, dang, kv=300.0, cs=2.7, q0=0.1):
     """RELION-convention CTF (un-shifted FFT layout) of an n x n image; defocus in A, dang in deg."""
-    lam = electron_wavelength(kv)
+    lam = electron_wavelength_A(kv)
     f = np.fft.fftfreq(n, d=angpix)
     FX, FY = np.meshgrid(f, f)
     s2 = FX ** 2 + FY ** 2
