@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ranker.runtime.ctf import electron_wavelength_A
+from ranker.runtime.ctf import ctf_phase
 
 
 # ======================================================================================
@@ -52,14 +52,9 @@ def make_map(xyz, w, box, angpix, blur_A, fine_max_A=1.6, normalise=True):
 
 def ctf2d(n, angpix, du, dv, dang, kv=300.0, cs=2.7, q0=0.1):
     """RELION-convention CTF (un-shifted FFT layout) of an n x n image; defocus in A, dang in deg."""
-    lam = electron_wavelength_A(kv)
     f = np.fft.fftfreq(n, d=angpix)
     FX, FY = np.meshgrid(f, f)
-    s2 = FX ** 2 + FY ** 2
-    ang = np.arctan2(FY, FX)
-    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2 * (ang - np.deg2rad(dang)))
-    chi = math.pi * lam * defocus * s2 - 0.5 * math.pi * cs * 1e7 * lam ** 3 * s2 ** 2
-    return np.sin(chi + math.atan(q0 / math.sqrt(1 - q0 ** 2)))
+    return -np.sin(ctf_phase(FX, FY, kv, cs, q0, du, dv, dang))
 
 
 def apply_ctf(img, ctf2n):
