@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ranker.runtime.geometry import circle_mask  # noqa: E402
 from ranker.runtime.mrc import write_mrc  # noqa: E402
 from ranker.runtime.star import block_lines, format_block, write_star  # noqa: E402
 
@@ -65,8 +66,7 @@ def main():
     from scipy import ndimage
     imgs = rng.normal(size=(a.classes, a.box, a.box)).astype(np.float32)
     imgs = ndimage.gaussian_filter(imgs, (0, a.box / 40, a.box / 40)).astype(np.float32)
-    yy, xx = np.mgrid[:a.box, :a.box] - a.box // 2
-    imgs *= (xx ** 2 + yy ** 2 < (diameter / a.angpix / 2) ** 2)
+    imgs *= circle_mask(a.box, diameter / a.angpix / 2)
     write_mrc(os.path.join(a.dir, root + "_classes.mrcs"), imgs, a.angpix, stack=True)
     write_data_star(os.path.join(a.dir, root + "_data.star"), a.particles, a.classes, rng)
     pdf = rng.dirichlet(np.ones(a.classes))

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranker.develop.simulate.optics import relion_normalise
+from ranker.runtime.geometry import circle_mask
 from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block
 
@@ -227,17 +229,6 @@ def _density(box: int, angpix: float, rng: np.random.Generator) -> np.ndarray:
     return (vol / vol.max()).astype(np.float32)
 
 
-def _circle(box: int, radius_px: float) -> np.ndarray:
-    y, x = np.indices((box, box)) - box // 2
-    return x ** 2 + y ** 2 <= radius_px ** 2
-
-
-def _normalise(img: np.ndarray, bg_radius_px: float) -> np.ndarray:
-    """As relion_preprocess --norm: background (outside the radius) to mean 0, stddev 1."""
-    bg = img[~_circle(img.shape[0], bg_radius_px)]
-    return ((img - bg.mean()) / bg.std()).astype(np.float32)
-
-
 def _euler(rng: np.random.Generator, n: int, n_views: int, spread_deg: float, frac_uniform: float):
     """Euler angles: a few preferred directions (with spread) plus a uniform fraction; psi uniform."""
     rot = rng.uniform(-180, 180, n)
@@ -299,7 +290,7 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
     run_program(project + ["--o", "Simulated/good_clean"], root, timeout=300)
     clean = read_stack(os.path.join(sim, "good_clean.mrcs")).astype(np.float64)
     radius_px = 0.5 * 150 / angpix
-    inside = _circle(box, radius_px)
+    inside = circle_mask(box, radius_px)
     signal_var = float(np.mean([im[inside].var() for im in clean]))
     sigma = float(np.sqrt(signal_var / snr))
     run_program(project + ["--o", "Simulated/good_noisy", "--add_noise", "--white_noise", f"{sigma:.6g}"],
@@ -339,7 +330,7 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
         if not members:
             continue
         stack = f"Simulated/Particles/mic{m + 1:03d}.mrcs"
-        write_mrc(os.path.join(root, stack), np.stack([_normalise(images[i], 0.375 * box) for i in members]),
+        write_mrc(os.path.join(root, stack), np.stack([relion_normalise(images[i], 0.375 * box) for i in members]),
                   angpix, stack=True)
         du, dv, da = mics[m]
         for n, i in enumerate(members):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ranker.runtime.ctf import ctf_phase
+from ranker.runtime.geometry import circle_mask
 
 
 # ======================================================================================
@@ -63,11 +64,6 @@ def apply_ctf(img, ctf2n):
     p = n // 2
     big = np.pad(img, p, mode="reflect")
     return np.real(np.fft.ifft2(np.fft.fft2(big) * ctf2n))[p:p + n, p:p + n]
-
-
-def circle_mask(n, radius_px):
-    y, x = np.indices((n, n)) - n // 2
-    return (x ** 2 + y ** 2) <= radius_px ** 2
 
 
 def relion_normalise(img, bg_radius_px):

@@ -15,7 +15,6 @@ import numpy as np
 from ranker.develop.simulate.files import json_default, relion_version
 from ranker.develop.simulate.optics import (
     apply_ctf,
-    circle_mask,
     ctf2d,
     make_map,
     pref_euler,
@@ -34,6 +33,7 @@ from ranker.develop.simulate.truth import (
     strip_progress,
 )
 from ranker.develop.truth import JUNK_KINDS, class_summary
+from ranker.runtime.geometry import centre_window, circle_mask
 from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block, write_star
 
@@ -235,7 +235,6 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     sig_sd = math.sqrt(sig_var)
     jc = float(s["junk_contrast"])
     y, x = (np.indices((n, n)) - n // 2).astype(float)
-    lo, hi = n // 2, n // 2 + n
     diam_px = prot_diam / apix
     ctf_cache = {}
 
@@ -253,8 +252,7 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
         return amp * sig_sd * (np.cos(t) * x + np.sin(t) * y) / n
 
     def crop_shift(img2n, dx, dy):
-        sh = np.roll(np.roll(img2n, int(round(dy)), axis=0), int(round(dx)), axis=1)
-        return sh[lo:hi, lo:hi]
+        return centre_window(np.roll(np.roll(img2n, int(round(dy)), axis=0), int(round(dx)), axis=1), n)
 
     from scipy.ndimage import gaussian_filter
 

@@ -42,6 +42,8 @@ import numpy as np
 from scipy import ndimage
 
 from ranker.develop.simulate.optics import ctf2d
+from ranker.runtime.fourier import resize_map
+from ranker.runtime.geometry import soft_circle_mask
 from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block, read_star, write_star
 
@@ -52,21 +54,7 @@ ACCURACY_PARTICLES = 3.0   # noise of this many particles sets the accuracy scal
 MIX_AT_SNR_0_1 = (0.05, 0.30)  # job-level fraction of particles put in another group's class
 
 
-def _fourier_crop(img, m):
-    n = img.shape[-1]
-    if m >= n:
-        return img
-    F = np.fft.fftshift(np.fft.fft2(img), axes=(-2, -1))
-    c = n // 2
-    F = F[..., c - m // 2:c + m // 2, c - m // 2:c + m // 2]
-    return np.real(np.fft.ifft2(np.fft.ifftshift(F, axes=(-2, -1)))) * (m / n) ** 2
-
-
-def _soft_circle(n, radius_px, edge_px=5.0):
-    y, x = np.indices((n, n)) - n // 2
-    r = np.hypot(x, y)
-    m = np.clip((radius_px + edge_px - r) / edge_px, 0, 1)
-    return 0.5 - 0.5 * np.cos(np.pi * m)
+MASK_EDGE_PX = 5           # soft edge of the class-average mask, as RELION's --width_mask_edge
 
 
 def _shell_index(n):
@@ -180,7 +168,7 @@ def _flip(P, members, m):
     out = np.empty((len(members), m, m))
     for j, i in enumerate(members):
         f = np.real(np.fft.ifft2(np.fft.fft2(P.images[i]) * np.sign(P.ctf(i))))
-        out[j] = _fourier_crop(f, m)
+        out[j] = resize_map(f, m) if m < f.shape[-1] else f
     return out
 
 
@@ -306,7 +294,7 @@ def _optimiser_general(it, mask_d_A, acc_rot, acc_tr):
     return dict(rlnOutputRootName="Class2D/job002/run", rlnModelStarFile=f"Class2D/job002/run_it{it:03d}_model.star",
                 rlnExperimentalDataStarFile=f"Class2D/job002/run_it{it:03d}_data.star",
                 rlnOrientSamplingStarFile="None", rlnCurrentIteration=it, rlnNumberOfIterations=it,
-                rlnDoSplitRandomHalves=0, rlnParticleDiameter=float(mask_d_A), rlnWidthMaskEdge=5,
+                rlnDoSplitRandomHalves=0, rlnParticleDiameter=float(mask_d_A), rlnWidthMaskEdge=MASK_EDGE_PX,
                 rlnDoZeroMask=1, rlnDoSolventFlattening=1, rlnDoAutoRefine=0, rlnDoSkipAlign=0,
                 rlnOverallAccuracyRotations=float(acc_rot), rlnOverallAccuracyTranslationsAngst=float(acc_tr),
                 rlnDoCorrectNorm=1, rlnDoCorrectScale=1, rlnDoCorrectCtf=1, rlnDoIgnoreCtfUntilFirstPeak=0,
@@ -330,8 +318,8 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     m -= m % 2
     scale = n / m
     max_shift = float(s["offset_range"]) / scale + 1
-    mask = _soft_circle(n, mask_d_A / 2 / P.angpix)
-    mask_m = _soft_circle(m, mask_d_A / 2 / P.angpix / scale)
+    mask = soft_circle_mask(n, mask_d_A / 2 / P.angpix, MASK_EDGE_PX)
+    mask_m = soft_circle_mask(m, mask_d_A / 2 / P.angpix / scale, MASK_EDGE_PX)
     psi = np.array([float(t["psi"]) if t["kind"] == "good" and t["psi"] not in ("", None) else np.nan
                     for t in P.truth])
     # which sense of psi undoes the in-plane rotation (checked on the biggest good group)
@@ -347,7 +335,7 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     images = np.zeros((K, n, n))
     poses = np.zeros((N, 3))
     loglik = np.zeros(N)
-    background = _soft_circle(n, 0.45 * n, 1) < 0.5
+    background = soft_circle_mask(n, 0.45 * n, 1) < 0.5
     noise_var = float(np.mean([im[background].var() for im in P.images[:200]]))
     rows_classes, ssnr_tabs, acc_all, raws = [], {}, [], {}
     for k in range(1, K + 1):
