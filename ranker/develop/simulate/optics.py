@@ -13,16 +13,16 @@ from ranker.runtime.geometry import circle_mask
 # ======================================================================================
 # density map and CTF
 # ======================================================================================
-def make_map(xyz, w, box, angpix, blur_A, fine_max_A=1.6, normalise=True):
-    """Density (box^3 voxels of angpix A) of Gaussian atoms with B = 8 pi^2 blur_A^2.
+def make_map(xyz, w, box_px, pixel_size_A, blur_A, fine_max_A=1.6, normalise=True):
+    """Density (box_px^3 voxels of pixel_size_A) of Gaussian atoms with B = 8 pi^2 blur_A^2.
 
     Atoms are splatted (trilinear) on a fine grid of spacing <= fine_max_A, Fourier-cropped
-    to angpix (no aliasing) and blurred in Fourier space. The weighted centroid is at voxel
-    box//2 (RELION's origin). Normalised to max 1 if ``normalise``."""
+    to pixel_size_A (no aliasing) and blurred in Fourier space. The weighted centroid is at voxel
+    box_px//2 (RELION's origin). Normalised to max 1 if ``normalise``."""
     from scipy import fft as sfft
 
-    os_ = max(1, int(math.ceil(angpix / fine_max_A - 1e-6)))
-    fb, fp = box * os_, angpix / os_
+    os_ = max(1, int(math.ceil(pixel_size_A / fine_max_A - 1e-6)))
+    fb, fp = box_px * os_, pixel_size_A / os_
     c = xyz - np.average(xyz, axis=0, weights=w)
     g = c / fp + fb // 2
     vol = np.zeros((fb, fb, fb), np.float32)
@@ -38,24 +38,26 @@ def make_map(xyz, w, box, angpix, blur_A, fine_max_A=1.6, normalise=True):
                 np.add.at(vol, (iz[ok], iy[ok], ix[ok]), wt[ok].astype(np.float32))
     F = sfft.rfftn(vol, workers=1)
     del vol
-    h = box // 2
+    h = box_px // 2
     idx = np.r_[0:h, fb - h:fb]
     F = F[idx][:, idx][:, :, :h + 1]
-    kz = np.fft.fftfreq(box, d=angpix)
-    kx = np.fft.rfftfreq(box, d=angpix)
+    kz = np.fft.fftfreq(box_px, d=pixel_size_A)
+    kx = np.fft.rfftfreq(box_px, d=pixel_size_A)
     k2 = kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2
     F *= np.exp(-2 * math.pi ** 2 * blur_A ** 2 * k2).astype(np.float32)
-    out = sfft.irfftn(F, s=(box, box, box), workers=1)
+    out = sfft.irfftn(F, s=(box_px, box_px, box_px), workers=1)
     if normalise:
         out /= out.max()
     return out.astype(np.float32)
 
 
-def ctf2d(n, angpix, du, dv, dang, kv=300.0, cs=2.7, q0=0.1):
-    """RELION-convention CTF (un-shifted FFT layout) of an n x n image; defocus in A, dang in deg."""
-    f = np.fft.fftfreq(n, d=angpix)
+def ctf2d(n_px, pixel_size_A, defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kV=300.0, cs_mm=2.7,
+          amplitude_contrast=0.1):
+    """RELION's CTF of an n_px x n_px image, in the un-shifted FFT layout (see ranker.runtime.ctf)."""
+    f = np.fft.fftfreq(n_px, d=pixel_size_A)
     FX, FY = np.meshgrid(f, f)
-    return -np.sin(ctf_phase(FX, FY, kv, cs, q0, du, dv, dang))
+    return -np.sin(ctf_phase(FX, FY, voltage_kV, cs_mm, amplitude_contrast, defocus_u_A, defocus_v_A,
+                             defocus_angle_deg))
 
 
 def apply_ctf(img, ctf2n):

@@ -107,7 +107,7 @@ class _Particles:
         star = read_star(os.path.join(proj_dir, "Import", "job001", "particles.star"))
         self.optics_cols, self.optics_rows = star["optics"].labels, star["optics"].rows
         o = dict(zip(self.optics_cols, self.optics_rows[0]))
-        self.angpix = float(o["rlnImagePixelSize"])
+        self.pixel_size_A = float(o["rlnImagePixelSize"])
         self.kv, self.cs, self.q0 = (float(o[k]) for k in ("rlnVoltage", "rlnSphericalAberration",
                                                              "rlnAmplitudeContrast"))
         self.cols, self.rows = star["particles"].labels, star["particles"].rows
@@ -133,7 +133,7 @@ class _Particles:
             du = dv = 0.5 * (du + dv)
         key = (n, round_, du, dv, da)
         if key not in self._ctf:
-            self._ctf[key] = ctf2d(n or self.images.shape[-1], self.angpix, du, dv, da, self.kv, self.cs, self.q0)
+            self._ctf[key] = ctf2d(n or self.images.shape[-1], self.pixel_size_A, du, dv, da, self.kv, self.cs, self.q0)
         return self._ctf[key]
 
 
@@ -265,7 +265,7 @@ def _map_average(raw, den, noise_F, tau2_fudge, n_iter, limit_shell, mask):
     return img * mask, ssnr
 
 
-def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
+def _accuracies(avg, ctf2_sum, n_members, pixel_size_A, noise_var):
     """(rotation deg, translation A): smallest change of the class average whose CTF-weighted
     power exceeds the noise of ACCURACY_PARTICLES particles (999 when none does)."""
     n = avg.shape[0]
@@ -285,7 +285,7 @@ def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
     tr = 999.0
     for d in np.arange(0.1, 20.01, 0.1):
         if 0.5 * (chi2(F * np.exp(-2j * np.pi * FX * d)) + chi2(F * np.exp(-2j * np.pi * FY * d))) > 1:
-            tr = float(d) * angpix
+            tr = float(d) * pixel_size_A
             break
     return rot, tr
 
@@ -318,8 +318,8 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     m -= m % 2
     scale = n / m
     max_shift = float(s["offset_range"]) / scale + 1
-    mask = soft_circle_mask(n, mask_d_A / 2 / P.angpix, MASK_EDGE_PX)
-    mask_m = soft_circle_mask(m, mask_d_A / 2 / P.angpix / scale, MASK_EDGE_PX)
+    mask = soft_circle_mask(n, mask_d_A / 2 / P.pixel_size_A, MASK_EDGE_PX)
+    mask_m = soft_circle_mask(m, mask_d_A / 2 / P.pixel_size_A / scale, MASK_EDGE_PX)
     psi = np.array([float(t["psi"]) if t["kind"] == "good" and t["psi"] not in ("", None) else np.nan
                     for t in P.truth])
     # which sense of psi undoes the in-plane rotation (checked on the biggest good group)
@@ -373,8 +373,8 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
         images[k - 1] = avg
         ssnr_tabs[k] = ssnr
         res_shell = next((j - 1 for j in range(1, len(ssnr)) if ssnr[j] < 1), len(ssnr) - 1)
-        res_A = n * P.angpix / res_shell if res_shell > 0 else 999.0
-        acc_rot, acc_tr = _accuracies(avg, den, nk, P.angpix, noise_var)
+        res_A = n * P.pixel_size_A / res_shell if res_shell > 0 else 999.0
+        acc_rot, acc_tr = _accuracies(avg, den, nk, P.pixel_size_A, noise_var)
         acc_all.append((nk, acc_rot, acc_tr))
         rows_classes.append((k, nk / N, acc_rot, acc_tr, res_A))
     write_outputs(proj_dir, P, it, K, cls, poses * [1, scale, scale], loglik, images, rows_classes, ssnr_tabs,
@@ -392,14 +392,14 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
     os.makedirs(d, exist_ok=True)
     root = os.path.join(d, f"run_it{it:03d}")
     n = images.shape[-1]
-    write_mrc(root + "_classes.mrcs", images.astype(np.float32), P.angpix)
+    write_mrc(root + "_classes.mrcs", images.astype(np.float32), P.pixel_size_A)
     wsum = sum(c for c, _, _ in acc_all) or 1
     acc_rot = sum(c * min(r, 999) for c, r, _ in acc_all) / wsum
     acc_tr = sum(c * min(t, 999) for c, _, t in acc_all) / wsum
     blocks = [_general_block("model_general", dict(
         rlnReferenceDimensionality=2, rlnDataDimensionality=2, rlnOriginalImageSize=n,
         rlnCurrentResolution=float(min(r[4] for r in rows_classes)), rlnCurrentImageSize=n, rlnPaddingFactor=2.0,
-        rlnIsHelix=0, rlnPixelSize=float(P.angpix), rlnNrClasses=K, rlnNrBodies=1, rlnNrGroups=1,
+        rlnIsHelix=0, rlnPixelSize=float(P.pixel_size_A), rlnNrClasses=K, rlnNrBodies=1, rlnNrGroups=1,
         rlnTau2FudgeFactor=float(tau2_fudge)))]
     mc = ["rlnReferenceImage", "rlnClassDistribution", "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst",
           "rlnEstimatedResolution", "rlnOverallFourierCompleteness", "rlnClassPriorOffsetX", "rlnClassPriorOffsetY"]
@@ -411,7 +411,7 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
         ssnr = ssnr_tabs.get(k, np.zeros(nsh))
         blocks.append(format_block(f"model_class_{k}", ["rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution",
                                                         "rlnSsnrMap"],
-                                   [[j, j / (n * P.angpix), (n * P.angpix / j) if j else 999.0, float(ssnr[j])]
+                                   [[j, j / (n * P.pixel_size_A), (n * P.pixel_size_A / j) if j else 999.0, float(ssnr[j])]
                                     for j in range(nsh)]))
     write_star(root + "_model.star", blocks)
     pcols = list(P.cols) + ["rlnGroupNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
@@ -420,7 +420,7 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
     prow = []
     for i, r in enumerate(P.rows):
         a, dy, dx = poses[i]
-        prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.angpix:.6f}", f"{dy * P.angpix:.6f}",
+        prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.pixel_size_A:.6f}", f"{dy * P.pixel_size_A:.6f}",
                                int(cls[i]), "1.000000", f"{loglik[i]:.6e}", "1.000000", 1])
     write_star(root + "_data.star", [format_block("optics", P.optics_cols, P.optics_rows),
                                      format_block("particles", pcols, prow)])
