@@ -4,8 +4,10 @@
 :func:`build_project` runs the stages in order, each a function named after what it does:
 :func:`make_maps`, :func:`draw_micrographs`, :func:`draw_orientations`,
 :func:`project_with_relion`, :func:`make_images` (:func:`good_particles` and one function per
-junk kind), :func:`write_particles`, :func:`classify`, :func:`analyse_and_clean`. They draw from
-one random generator in that order, so a spec and seed always give the same particles.
+junk kind: :func:`empty_ice`, :func:`ice_contamination`, :func:`carbon_edge`,
+:func:`aggregate_junk`, :func:`offcentre_junk`, :func:`partial_junk`), :func:`write_particles`,
+:func:`classify` and :func:`analyse_and_clean`. They draw from one random generator in that
+order, so a spec and seed always give the same particles.
 Units: lengths in A unless a name ends in ``_px``; the spec keys keep their corpus names
 (``box`` is in px, ``angpix`` in A/px, ``kv``, ``cs``, ``q0``)."""
 from __future__ import annotations
@@ -306,13 +308,15 @@ def project_with_relion(s, optics, maps, views, P, log):
 
 class _Canvas:
     """What every particle image shares: the box, pixel coordinates about the centre, the
-    noise, the signal scale, the CTF of each micrograph (on the 2N grid) and the generator."""
+    noise, the signal scale, the junk contrast, the CTF of each micrograph (on the 2N grid)
+    and the generator."""
 
-    def __init__(self, optics, mics, noise, rng):
+    def __init__(self, optics, mics, noise, junk_contrast, rng):
         self.n = n = optics.box_px
         self.optics, self.mics, self.rng = optics, mics, rng
         self.sigma = noise.sigma
         self.signal_sd = math.sqrt(noise.signal_var)
+        self.junk_contrast = junk_contrast
         self.y, self.x = (np.indices((n, n)) - n // 2).astype(float)
         self._ctf = {}
 
@@ -350,71 +354,70 @@ def good_particles(c, s, good, views):
     return items
 
 
-def noise_junk(c, count):
+def on_random_micrographs(c, kind, count, make_one):
+    """``count`` junk particles of ``kind``, each on a random micrograph, drawn by
+    ``make_one(c, mic)`` -> (image, truth extras)."""
+    items = []
+    for _ in range(count):
+        mi = int(c.rng.integers(len(c.mics)))
+        img, extra = make_one(c, mi)
+        items.append((img, kind, mi, extra))
+    return items
+
+
+def empty_ice(c, mi):
     """Empty ice: noise, some with a gradient or a faint low-frequency thickness texture."""
-    items = []
     n, rng = c.n, c.rng
-    for _ in range(count):
-        mi = int(rng.integers(len(c.mics)))
-        img = c.white_noise()
-        if rng.uniform() < 0.4:
-            img += c.gradient(rng.uniform(0.2, 0.8))
-        if rng.uniform() < 0.3:  # faint low-frequency ice-thickness texture
-            tex = gaussian_filter(rng.normal(0, 1, (n, n)), n / 8)
-            img += 0.5 * c.signal_sd * tex / max(tex.std(), 1e-9)
-        items.append((img, "noise", mi, {}))
-    return items
+    img = c.white_noise()
+    if rng.uniform() < 0.4:
+        img += c.gradient(rng.uniform(0.2, 0.8))
+    if rng.uniform() < 0.3:  # faint low-frequency ice-thickness texture
+        tex = gaussian_filter(rng.normal(0, 1, (n, n)), n / 8)
+        img += 0.5 * c.signal_sd * tex / max(tex.std(), 1e-9)
+    return img, {}
 
 
-def ice_junk(c, count, contrast):
+def ice_contamination(c, mi):
     """Contamination: 1-3 dense blobs (ellipses, some small spheres), half CTF-modulated."""
-    items = []
     n, rng, x, y = c.n, c.rng, c.x, c.y
-    for _ in range(count):
-        mi = int(rng.integers(len(c.mics)))
-        sig = np.zeros((n, n))
-        n_blobs = int(rng.integers(1, 4))
-        for _b in range(n_blobs):
-            cx, cy = rng.uniform(-0.45, 0.45, 2) * n
-            if rng.uniform() < 0.3:  # small dense sphere (ethane / crystalline ice particle)
-                rx = ry = rng.uniform(0.05, 0.15) * n
-                sharp = 12
-            else:
-                rx, ry = rng.uniform(0.08, 0.35, 2) * n
-                sharp = rng.uniform(4, 10)
-            th = rng.uniform(0, np.pi)
-            xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
-            yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
-            d = np.sqrt((xr / rx) ** 2 + (yr / ry) ** 2)
-            blob = 1 / (1 + np.exp((d - 1) * sharp))
-            sign = 1 if rng.uniform() < 0.8 else -1
-            sig += sign * contrast * rng.uniform(1.5, 4) * c.signal_sd * blob
-        sig = 0.5 * sig + 0.5 * apply_ctf(sig, c.ctf(mi))
-        items.append((sig + c.white_noise(), "ice", mi, dict(n_members=n_blobs)))
-    return items
-
-
-def edge_junk(c, count, contrast):
-    """Carbon or hole edges: a straight or curved textured step, CTF-modulated."""
-    items = []
-    n, rng, x, y = c.n, c.rng, c.x, c.y
-    for _ in range(count):
-        mi = int(rng.integers(len(c.mics)))
-        t = rng.uniform(0, 2 * np.pi)
-        off = rng.uniform(-0.35, 0.35) * n
-        if rng.uniform() < 0.5:  # curved edge of a hole (radius 0.6-4 box)
-            R = rng.uniform(0.6, 4.0) * n
-            cx, cy = (R + off) * np.cos(t), (R + off) * np.sin(t)
-            dist = R - np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
+    sig = np.zeros((n, n))
+    n_blobs = int(rng.integers(1, 4))
+    for _b in range(n_blobs):
+        cx, cy = rng.uniform(-0.45, 0.45, 2) * n
+        if rng.uniform() < 0.3:  # small dense sphere (ethane / crystalline ice particle)
+            rx = ry = rng.uniform(0.05, 0.15) * n
+            sharp = 12
         else:
-            dist = np.cos(t) * x + np.sin(t) * y - off
-        step = 1 / (1 + np.exp(-dist / rng.uniform(0.5, 1.5)))
-        texture = gaussian_filter(rng.normal(0, 1, (n, n)), rng.uniform(1.0, 3.0))
-        texture /= texture.std()
-        sig = contrast * rng.uniform(2, 5) * c.signal_sd * step * (1 + 0.3 * texture)
-        sig = apply_ctf(sig, c.ctf(mi)) + 0.5 * sig
-        items.append((sig + c.white_noise(), "edge", mi, {}))
-    return items
+            rx, ry = rng.uniform(0.08, 0.35, 2) * n
+            sharp = rng.uniform(4, 10)
+        th = rng.uniform(0, np.pi)
+        xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
+        yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
+        d = np.sqrt((xr / rx) ** 2 + (yr / ry) ** 2)
+        blob = 1 / (1 + np.exp((d - 1) * sharp))
+        sign = 1 if rng.uniform() < 0.8 else -1
+        sig += sign * c.junk_contrast * rng.uniform(1.5, 4) * c.signal_sd * blob
+    sig = 0.5 * sig + 0.5 * apply_ctf(sig, c.ctf(mi))
+    return sig + c.white_noise(), dict(n_members=n_blobs)
+
+
+def carbon_edge(c, mi):
+    """Carbon or hole edges: a straight or curved textured step, CTF-modulated."""
+    n, rng, x, y = c.n, c.rng, c.x, c.y
+    t = rng.uniform(0, 2 * np.pi)
+    off = rng.uniform(-0.35, 0.35) * n
+    if rng.uniform() < 0.5:  # curved edge of a hole (radius 0.6-4 box)
+        R = rng.uniform(0.6, 4.0) * n
+        cx, cy = (R + off) * np.cos(t), (R + off) * np.sin(t)
+        dist = R - np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
+    else:
+        dist = np.cos(t) * x + np.sin(t) * y - off
+    step = 1 / (1 + np.exp(-dist / rng.uniform(0.5, 1.5)))
+    texture = gaussian_filter(rng.normal(0, 1, (n, n)), rng.uniform(1.0, 3.0))
+    texture /= texture.std()
+    sig = c.junk_contrast * rng.uniform(2, 5) * c.signal_sd * step * (1 + 0.3 * texture)
+    sig = apply_ctf(sig, c.ctf(mi)) + 0.5 * sig
+    return sig + c.white_noise(), {}
 
 
 def aggregate_junk(c, count, junk_proj, junk_mic, protein_diameter_px):
@@ -463,15 +466,13 @@ def make_images(s, optics, maps, mics, views, noise, rng, P):
     frag_proj = [read_stack(P("Simulated", f"frag{fi}_clean.mrcs")) for fi in (1, 2)
                  if os.path.exists(P("Simulated", f"frag{fi}_clean.mrcs"))]
     frag_proj = np.concatenate(frag_proj) if frag_proj else None
-    c = _Canvas(optics, mics, noise, rng)
+    c = _Canvas(optics, mics, noise, float(s["junk_contrast"]), rng)
     J = s["junk"]
-    contrast = float(s["junk_contrast"])
     n_aggregate = J.get("aggregate", 0)
     items = good_particles(c, s, good, views)
     del good
-    items += noise_junk(c, J.get("noise", 0))
-    items += ice_junk(c, J.get("ice", 0), contrast)
-    items += edge_junk(c, J.get("edge", 0), contrast)
+    for kind, make_one in (("noise", empty_ice), ("ice", ice_contamination), ("edge", carbon_edge)):
+        items += on_random_micrographs(c, kind, J.get(kind, 0), make_one)
     items += aggregate_junk(c, n_aggregate, junk_proj, views.junk_mic, maps.protein_diameter_A / optics.pixel_size_A)
     items += offcentre_junk(c, J.get("offcentre", 0), 4 * n_aggregate, junk_proj, views.junk_mic)
     items += partial_junk(c, J.get("partial", 0), frag_proj, views.part_mic)
