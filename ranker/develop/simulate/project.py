@@ -510,7 +510,8 @@ def write_particles(items, optics, mics, rng, P):
         truth.append(dict(rlnImageName=name_of[o], kind=kind, rlnMicrographName=m[0],
                           **{k: extra.get(k, "") for k in TRUTH_KEYS}))
     os.makedirs(P("Import", "job001"), exist_ok=True)
-    write_star(P("Import", "job001", "particles.star"), [optics.block(), format_block("particles", PARTICLE_COLS, rows)])
+    write_star(P("Import", "job001", "particles.star"),
+               [optics.block(), format_block("particles", PARTICLE_COLS, rows)])
     with open(P("truth.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(truth[0].keys()))
         wr.writeheader()

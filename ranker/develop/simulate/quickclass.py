@@ -411,8 +411,8 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
         ssnr = ssnr_tabs.get(k, np.zeros(nsh))
         blocks.append(format_block(f"model_class_{k}", ["rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution",
                                                         "rlnSsnrMap"],
-                                   [[j, j / (n * P.pixel_size_A), (n * P.pixel_size_A / j) if j else 999.0, float(ssnr[j])]
-                                    for j in range(nsh)]))
+                                   [[j, j / (n * P.pixel_size_A), (n * P.pixel_size_A / j) if j else 999.0,
+                                     float(ssnr[j])] for j in range(nsh)]))
     write_star(root + "_model.star", blocks)
     pcols = list(P.cols) + ["rlnGroupNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
                             "rlnOriginYAngst", "rlnClassNumber", "rlnNormCorrection", "rlnLogLikeliContribution",
@@ -420,9 +420,10 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
     prow = []
     for i, r in enumerate(P.rows):
         a, dy, dx = poses[i]
-        prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.pixel_size_A:.6f}", f"{dy * P.pixel_size_A:.6f}",
-                               int(cls[i]), "1.000000", f"{loglik[i]:.6e}", "1.000000", 1])
+        prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.pixel_size_A:.6f}",
+                               f"{dy * P.pixel_size_A:.6f}", int(cls[i]), "1.000000", f"{loglik[i]:.6e}",
+                               "1.000000", 1])
     write_star(root + "_data.star", [format_block("optics", P.optics_cols, P.optics_rows),
                                      format_block("particles", pcols, prow)])
     write_star(root + "_optimiser.star",
-                      [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr))])
+               [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr))])
