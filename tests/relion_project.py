@@ -35,8 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranker.develop.simulate.optics import relion_normalise
+from ranker.runtime.geometry import circle_mask
+from ranker.runtime.mrc import read_stack, write_mrc
+from ranker.runtime.star import format_block
+
 PIPELINER = "relion_pipeliner"
-EMPTY_PIPELINE = "\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n \n"
+EMPTY_PIPELINE = format_block("pipeline_general", ["rlnPipeLineJobCounter"], [[1]], loop=False)
 STATUS = {0: "running", 1: "scheduled", 2: "succeeded", 3: "failed", 4: "aborted"}
 SEC_WAIT_AFTER = 1
 
@@ -206,16 +211,6 @@ def count_particles(path: str) -> int:
 # --------------------------------------------------------------------------------------------
 # simulation
 # --------------------------------------------------------------------------------------------
-def _write_mrc(path: str, data: np.ndarray, angpix: float, stack: bool = False) -> None:
-    import mrcfile
-
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
-        if stack:
-            mrc.set_image_stack()
-        mrc.voxel_size = angpix
-
-
 def _density(box: int, angpix: float, rng: np.random.Generator) -> np.ndarray:
     """An asymmetric "protein": 9 Gaussian lobes of 9-14 A inside an ellipsoid of ~150 A."""
     grid = (np.indices((box, box, box)) - box // 2).astype(np.float64) * angpix  # z, y, x in A
@@ -232,17 +227,6 @@ def _density(box: int, angpix: float, rng: np.random.Generator) -> np.ndarray:
         d2 = sum((grid[k] - c[k]) ** 2 for k in range(3))
         vol += weight * np.exp(-d2 / (2 * sigma ** 2))
     return (vol / vol.max()).astype(np.float32)
-
-
-def _circle(box: int, radius_px: float) -> np.ndarray:
-    y, x = np.indices((box, box)) - box // 2
-    return x ** 2 + y ** 2 <= radius_px ** 2
-
-
-def _normalise(img: np.ndarray, bg_radius_px: float) -> np.ndarray:
-    """As relion_preprocess --norm: background (outside the radius) to mean 0, stddev 1."""
-    bg = img[~_circle(img.shape[0], bg_radius_px)]
-    return ((img - bg.mean()) / bg.std()).astype(np.float32)
 
 
 def _euler(rng: np.random.Generator, n: int, n_views: int, spread_deg: float, frac_uniform: float):
@@ -267,23 +251,13 @@ OPTICS_LABELS = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalP
                  "rlnImageDimensionality"]
 
 
-def _star_text(blocks: list[tuple[str, list[str], list[list]]]) -> str:
-    out = []
-    for name, labels, rows in blocks:
-        out += ["", "# version 30001", "", f"data_{name}", "", "loop_ "]
-        out += [f"_{label} #{i + 1} " for i, label in enumerate(labels)]
-        out += [" ".join(str(v) for v in row) + " " for row in rows]
-        out.append(" ")
-    return "\n".join(out) + "\n"
-
-
 def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs: int = 60, box: int = 64,
                        angpix: float = 3.5, snr: float = 0.3, n_mics: int = 6, seed: int = 1) -> dict:
     """Write ``Simulated/particles.star`` + stacks + ``truth.csv`` under ``root``; returns counts."""
     rng = np.random.default_rng(seed)
     sim = os.path.join(root, "Simulated")
     os.makedirs(os.path.join(sim, "Particles"), exist_ok=True)
-    _write_mrc(os.path.join(sim, "ref.mrc"), _density(box, angpix, rng), angpix)
+    write_mrc(os.path.join(sim, "ref.mrc"), _density(box, angpix, rng), angpix)
     optics = [["opticsGroup1", 1, f"{angpix:.6f}", "300.000000", "2.700000", "0.100000", f"{angpix:.6f}", box, 2]]
 
     # micrographs (defocus, astigmatism) and which micrograph each particle comes from
@@ -311,19 +285,17 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
                          f"{psi[j]:.3f}", f"{shifts[j, 0]:.3f}", f"{shifts[j, 1]:.3f}", f"{du:.2f}", f"{dv:.2f}",
                          f"{da:.2f}", "0.0", "1.0", "0.0", 1])
     with open(os.path.join(sim, "good_ang.star"), "w") as fh:
-        fh.write(_star_text([("optics", OPTICS_LABELS, optics), ("particles", ang_labels, ang_rows)]))
+        fh.write(format_block("optics", OPTICS_LABELS, optics) + format_block("particles", ang_labels, ang_rows))
     project = ["relion_project", "--i", "Simulated/ref.mrc", "--ang", "Simulated/good_ang.star", "--ctf"]
     run_program(project + ["--o", "Simulated/good_clean"], root, timeout=300)
-    import mrcfile
-
-    clean = mrcfile.read(os.path.join(sim, "good_clean.mrcs")).astype(np.float64)
+    clean = read_stack(os.path.join(sim, "good_clean.mrcs")).astype(np.float64)
     radius_px = 0.5 * 150 / angpix
-    inside = _circle(box, radius_px)
+    inside = circle_mask(box, radius_px)
     signal_var = float(np.mean([im[inside].var() for im in clean]))
     sigma = float(np.sqrt(signal_var / snr))
     run_program(project + ["--o", "Simulated/good_noisy", "--add_noise", "--white_noise", f"{sigma:.6g}"],
                 root, timeout=300)
-    noisy = mrcfile.read(os.path.join(sim, "good_noisy.mrcs")).astype(np.float64)
+    noisy = read_stack(os.path.join(sim, "good_noisy.mrcs")).astype(np.float64)
     if noisy.shape != (len(good_idx), box, box):
         raise RelionError(f"relion_project wrote {noisy.shape} images, expected {(len(good_idx), box, box)}")
 
@@ -358,8 +330,8 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
         if not members:
             continue
         stack = f"Simulated/Particles/mic{m + 1:03d}.mrcs"
-        _write_mrc(os.path.join(root, stack), np.stack([_normalise(images[i], 0.375 * box) for i in members]),
-                   angpix, stack=True)
+        write_mrc(os.path.join(root, stack), np.stack([relion_normalise(images[i], 0.375 * box) for i in members]),
+                  angpix, stack=True)
         du, dv, da = mics[m]
         for n, i in enumerate(members):
             name = f"{n + 1:06d}@{stack}"
@@ -369,7 +341,8 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
             truth.append(f"{name},{kinds[i]}")
     rows.sort(key=lambda r: r[0])  # shuffled order (kinds were permuted)
     with open(os.path.join(sim, "particles.star"), "w") as fh:
-        fh.write(_star_text([("optics", OPTICS_LABELS, optics), ("particles", labels, [r for _, r in rows])]))
+        fh.write(format_block("optics", OPTICS_LABELS, optics)
+                 + format_block("particles", labels, [r for _, r in rows]))
     with open(os.path.join(sim, "truth.csv"), "w") as fh:
         fh.write("\n".join(truth) + "\n")
     return {"n_particles": len(kinds), "n_good": n_good, "sigma": sigma}

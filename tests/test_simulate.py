@@ -99,9 +99,9 @@ def test_tiny_project_truth_matches_relion(tmp_path):
 def test_one_image_stack_reads_as_a_stack(tmp_path):
     """relion_project writes a one-particle stack as nz = 1: it must still index as a stack
     (a job with a single off-centre particle once failed on it)."""
-    from ranker.develop.simulate.files import load_mrc, save_mrc
+    from ranker.runtime.mrc import read_mrc, read_stack, write_mrc
 
-    save_mrc(str(tmp_path / "one.mrcs"), np.ones((1, 8, 8), np.float32), 2.0)
-    assert load_mrc(str(tmp_path / "one.mrcs")).shape == (1, 8, 8)
-    save_mrc(str(tmp_path / "map.mrc"), np.ones((8, 8), np.float32), 2.0)
-    assert load_mrc(str(tmp_path / "map.mrc")).shape == (8, 8)
+    write_mrc(str(tmp_path / "one.mrcs"), np.ones((1, 8, 8), np.float32), 2.0)
+    assert read_stack(str(tmp_path / "one.mrcs")).shape == (1, 8, 8)
+    write_mrc(str(tmp_path / "map.mrc"), np.ones((8, 8), np.float32), 2.0)
+    assert read_mrc(str(tmp_path / "map.mrc")).shape == (8, 8)

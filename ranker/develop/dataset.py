@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ranker.develop.truth import read_class_truth
+from ranker.runtime.mrc import read_stack
 from ranker.runtime.star import StarError, read_star
 
 
@@ -149,8 +150,6 @@ def from_selection(optimiser_path: str, selection_path: str, project_dir: str = 
 
 def from_relion_training_star(star_path: str, project_dir: str = ".") -> LabelledClasses:
     """RELION's training layout: rlnClassScore, rlnSubImageStack (64x64), rlnNormalizedFeatureVector."""
-    import mrcfile
-
     with _in_dir(project_dir):
         tab = next(iter(read_star(star_path).values()))
         scores = np.array(tab.float_column("rlnClassScore"), np.float32)
@@ -159,9 +158,7 @@ def from_relion_training_star(star_path: str, project_dir: str = ".") -> Labelle
         images = []
         for ref in tab.column("rlnSubImageStack"):
             index, _, path = ref.rpartition("@")
-            data = mrcfile.read(path)
-            data = data[None] if data.ndim == 2 else data
-            images.append(np.asarray(data[int(index) - 1 if index else 0], np.float32))
+            images.append(read_stack(path)[int(index) - 1 if index else 0])
     if vectors.shape[1:] != (24,):
         raise StarError(f"{star_path}: rlnNormalizedFeatureVector must have 24 values")
     n = len(scores)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .mrc import mmap_stack
 from .star import StarBlock, StarError, block, read_star
 
 
@@ -68,26 +68,20 @@ class Class2DJob:
 
     def load_images(self) -> np.ndarray:
         """All class averages as float64, shape (nr_classes, box_px, box_px), model order."""
-        import mrcfile
-
         images = np.zeros((len(self.classes), self.box_px, self.box_px))
         by_stack: dict[str, list[tuple[int, int]]] = {}
         for row, cls in enumerate(self.classes):
             by_stack.setdefault(cls.stack_path, []).append((row, cls.class_number))
         for stack, members in by_stack.items():
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error")
-                    mrc = mrcfile.mmap(stack, mode="r", permissive=False)
+                mapped = mmap_stack(stack)
             except FileNotFoundError:
                 raise StarError(f"{stack}: class-average stack not found "
                                 f"(named in {self.model_path})") from None
-            except (ValueError, OSError, RuntimeWarning) as exc:
+            except (ValueError, OSError) as exc:
                 raise StarError(f"{stack}: not a readable MRC stack ({exc})") from None
-            with mrc:
-                data = mrc.data
-                if data.ndim == 2:
-                    data = data[None]
+            with mapped:
+                data = mapped.data
                 if data.ndim != 3 or data.shape[1:] != (self.box_px, self.box_px):
                     raise StarError(f"{stack}: class images are {'x'.join(map(str, data.shape[-2:]))} px "
                                     f"but {self.model_path} says {self.box_px}x{self.box_px}")

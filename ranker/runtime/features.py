@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from .class2d import Class2DJob, resolution_from_ssnr
 from .fourier import first_peak_ctf_correction, lowpass, relion_round, resize_map
+from .geometry import centre_window, radius2_px
 
 UNIFORM_ANGPIX_A = 4.0
 LOWPASS_A = 25.0
@@ -63,12 +64,6 @@ class FeatureSet:
     notes: list[str]
 
 
-def _radius2(n: int) -> np.ndarray:
-    """Squared distance (integer px^2) of each pixel from the logical origin n//2."""
-    i = np.arange(n) - n // 2
-    return i[:, None] ** 2 + i[None, :] ** 2
-
-
 def moments(values: np.ndarray, select: np.ndarray) -> dict:
     """Sum, mean, population stddev, skew (g1) and kurtosis (not excess) of selected pixels."""
     x = values[select]
@@ -98,8 +93,7 @@ def lowpass_stats(img: np.ndarray) -> dict:
 
 def solvent_masks(filtered: np.ndarray, stddev: float, radius_px: float) -> dict:
     """RELION's automatic protein / solvent masks on the low-pass filtered 4 A image."""
-    n = filtered.shape[-1]
-    r2 = _radius2(n)
+    r2 = radius2_px(filtered.shape[-1])
     in_disc = r2 <= radius_px * radius_px
     central = r2 <= (0.36 * radius_px) * radius_px
     white = (filtered > 0.05 * stddev) & in_disc
@@ -169,8 +163,7 @@ def protein_car(protein: np.ndarray) -> float:
 def image_features(img4: np.ndarray, radius_px: float, granulo_sums) -> dict:
     """All image features of one class average already at 4 A/px (granulo given, see
     :func:`granulo`, as it is computed for the whole stack at once)."""
-    n = img4.shape[-1]
-    r2 = _radius2(n)
+    r2 = radius2_px(img4.shape[-1])
     ring_in = RING_RADIUS_RATIO * radius_px
     ring = moments(img4, (r2 >= ring_in ** 2) & (r2 <= radius_px ** 2))
     filtered = lowpass(img4, LOWPASS_A, UNIFORM_ANGPIX_A)
@@ -204,15 +197,9 @@ def image_features(img4: np.ndarray, radius_px: float, granulo_sums) -> dict:
 def network_image(img: np.ndarray, pixel_size_A: float, diameter_A: float) -> np.ndarray:
     """The 64x64 network input: a box of the particle diameter (+1 px, even) around the
     centre of the original class image, Fourier-resized to 64 px. Raw values (float64)."""
-    n = img.shape[-1]
     bw = math.ceil(diameter_A / pixel_size_A) + 1
     bw += bw % 2
-    window = np.zeros(img.shape[:-2] + (bw, bw))
-    lo = n // 2 - bw // 2
-    src = slice(max(lo, 0), min(lo + bw, n))
-    dst = slice(src.start - lo, src.stop - lo)
-    window[..., dst, dst] = img[..., src, src]
-    return resize_map(window, NETWORK_IMAGE_PX)
+    return resize_map(centre_window(np.asarray(img, dtype=np.float64), bw), NETWORK_IMAGE_PX)
 
 
 def first_peak_correct(job: Class2DJob, images: np.ndarray, optics, last_row: dict) -> np.ndarray:

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import scipy.fft
 
+from .ctf import ctf_phase
+
 WORKERS = 1  # FFT threads; the job sets this from --j
 
 
@@ -89,14 +91,9 @@ def first_peak_ctf_correction(img: np.ndarray, angpix: float, voltage_kV: float,
     shift are taken as 0, as in RELION.
     """
     n = img.shape[-1]
-    volts = voltage_kV * 1e3
-    lam = 12.2643247 / math.sqrt(volts * (1 + 0.978466e-6 * volts))
     ky = _signed_rows(n)[:, None] / (n * angpix)
     kx = np.arange(n // 2 + 1)[None, :] / (n * angpix)
-    q0 = amplitude_contrast
-    gamma = (math.pi * lam * (-defocus_u_A * kx * kx - defocus_v_A * ky * ky)
-             + (math.pi / 2) * cs_mm * 1e7 * lam ** 3 * (kx * kx + ky * ky) ** 2
-             - math.atan(q0 / math.sqrt(1 - q0 * q0)))
+    gamma = ctf_phase(kx, ky, voltage_kV, cs_mm, amplitude_contrast, defocus_u_A, defocus_v_A)
     ctf = np.where(np.abs(gamma) > math.pi / 2, 1.0, -np.sin(gamma))
     ctf = np.maximum(ctf, 0.07)
     return _irfft2(_rfft2(img) / ctf, n)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 import shutil
 
-import numpy as np
-
 from .class2d import Class2DJob
 from .features import FeatureSet
+from .mrc import write_mrc
 from .selection import Selection
 from .star import format_block, write_star
 
@@ -110,8 +109,6 @@ def write_features(star_path: str, stack_path: str, stack_name: str, job: Class2
     ``stack_name`` is how rows refer to the stack (relative to the project root).
     rlnAccuracyTranslations holds Angstrom, as in RELION's own features.star.
     """
-    import mrcfile
-
     scalar = ["ClassDistribution", "AccuracyRotations", "AccuracyTranslations", "EstimatedResolution",
               "WeightedResolution", "RelativeResolution", "ParticleNr", "RingMean", "RingStddev", "RingSkew",
               "RingKurt", "ProteinArea", "ProteinSum", "ProteinMean", "ProteinStddev", "ProteinSkew",
@@ -130,7 +127,4 @@ def write_features(star_path: str, stack_path: str, stack_name: str, job: Class2
                     + [_vector(raw[f"Granulo{g}"] for g in range(1, 7)), _vector(fs.vectors[j]),
                        f"{j + 1:06d}@{stack_name}"])
     write_star(star_path, [format_block("class_features", labels, rows)])
-    with mrcfile.new(stack_path, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(fs.images, dtype=np.float32))
-        mrc.set_image_stack()
-        mrc.voxel_size = 1.0
+    write_mrc(stack_path, fs.images, pixel_size_A=1.0, stack=True)

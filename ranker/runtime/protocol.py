@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from .star import format_block
+
 EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
 EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
 EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
@@ -87,7 +89,5 @@ class JobDir:
 
 def nodes_star(nodes: list[tuple[str, tuple[int, str]]]) -> str:
     """RELION_OUTPUT_NODES.star text: name (relative to the project root), int type, label."""
-    lines = ["", "# version 30001", "", "data_output_nodes", "", "loop_ ",
-             "_rlnPipeLineNodeName #1 ", "_rlnPipeLineNodeType #2 ", "_rlnPipeLineNodeTypeLabel #3 "]
-    lines += [f"{name} {code} {label} " for name, (code, label) in nodes]
-    return "\n".join(lines) + "\n \n"
+    return format_block("output_nodes", ["rlnPipeLineNodeName", "rlnPipeLineNodeType", "rlnPipeLineNodeTypeLabel"],
+                        [[name, code, label] for name, (code, label) in nodes])

@@ -10,8 +10,9 @@ Public surface:
 * :class:`StarBlock` -- one block, either a key/value list or a loop table. Values are kept
   as the strings found in the file; :meth:`StarBlock.float_column` converts with RELION's
   C++ rules (``inf``/``nan`` read as 0).
-* :func:`format_value` and :func:`write_star` write numbers the way RELION does
-  (``%12.6f``, exponent form for tiny or huge values).
+* :func:`format_block` (or :func:`block_lines`, piece by piece) and :func:`write_star` write
+  blocks in RELION's layout, numbers as RELION does (:func:`format_value`: ``%12.6f``, exponent
+  form for tiny or huge values). Every STAR file the project writes goes through them.
 
 Every error is a :class:`StarError` whose message names the file and the problem.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -227,25 +229,44 @@ def format_value(value) -> str:
     return text
 
 
-def format_block(name: str, labels: list[str], rows: list[list], loop: bool = True,
-                 version: int = 30001) -> str:
-    """One STAR block as text, in RELION's layout (``# version`` line, ``data_``, labels)."""
-    out = [f"\n# version {version}\n", f"data_{name}\n"]
+def format_row(values) -> str:
+    """One row of a loop table: :func:`format_value` of each value, RELION's separators."""
+    return " ".join(format_value(v) for v in values) + " \n"
+
+
+def block_lines(name: str, labels: list[str], rows, loop: bool = True,
+                version: int = 30001) -> Iterator[str]:
+    """The text of one STAR block, piece by piece (for tables too large to hold as one string).
+
+    ``rows`` may be any iterable (a generator is consumed once). RELION's layout: a blank line,
+    ``# version``, a blank line, ``data_NAME``, a blank line, then ``loop_`` with numbered
+    labels and one line per row, or (``loop=False``) one ``_label value`` line per label with
+    the values of the single row; a line holding one space ends the block.
+    """
+    yield f"\n# version {version}\n\ndata_{name}\n\n"
     if loop:
-        out.append("loop_ \n")
-        out.extend(f"_{label} #{i} \n" for i, label in enumerate(labels, 1))
+        yield "loop_ \n"
+        yield "".join(f"_{label} #{i} \n" for i, label in enumerate(labels, 1))
         for row in rows:
-            out.append(" ".join(format_value(v) for v in row) + " \n")
+            yield format_row(row)
     else:
-        out.append("\n")
+        values = next(iter(rows))
         width = max((len(label) for label in labels), default=0) + 2
-        for label, v in zip(labels, rows[0]):
-            out.append(f"_{label:<{width}}{format_value(v)}\n")
-    out.append(" \n")
-    return "".join(out)
+        yield "".join(f"_{label:<{width}}{format_value(v)}\n" for label, v in zip(labels, values))
+    yield " \n"
 
 
-def write_star(path: str | os.PathLike, blocks: list[str]) -> None:
-    """Write pre-formatted blocks (from :func:`format_block`) to ``path``."""
+def format_block(name: str, labels: list[str], rows, loop: bool = True, version: int = 30001) -> str:
+    """One STAR block as text (see :func:`block_lines` for the layout)."""
+    return "".join(block_lines(name, labels, rows, loop, version))
+
+
+def write_star(path: str | os.PathLike, blocks) -> None:
+    """Write blocks to ``path``: each is the text of :func:`format_block` or the pieces of
+    :func:`block_lines` (written as they are made)."""
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write("".join(blocks))
+        for piece in blocks:
+            if isinstance(piece, str):
+                fh.write(piece)
+            else:
+                fh.writelines(piece)

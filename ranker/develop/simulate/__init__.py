@@ -50,7 +50,8 @@ Modules, in the order the data flows: ``structures`` (coordinates: Debian packag
 models), ``optics`` (density map, CTF, views), ``project`` (one job: particles, junk, relion_refine),
 ``quickclass`` (the fast stand-in for relion_refine), ``truth`` (per-class truth, montage, clean-up),
 ``corpus`` (varied jobs, restartable), ``compare`` (quick vs RELION feature distributions), ``files``
-(kinds, STAR/MRC helpers), ``__main__`` (the command line).
+(STAR loop reader, JSON, RELION version; STAR and MRC files go through ranker.runtime.star and
+ranker.runtime.mrc), ``__main__`` (the command line).
 
 Requires relion_project and relion_refine (RELION 3.1) on PATH, numpy, scipy,
 mrcfile; gemmi only to read mmCIF files; matplotlib only for the montage.

@@ -1,26 +1,11 @@
-"""What the simulator shares: particle kinds, small STAR / MRC writers and readers, JSON of numpy values,
-the RELION version."""
+"""What the simulator shares: a STAR loop reader, JSON of numpy values, the RELION version.
+STAR files are written with :mod:`ranker.runtime.star`, MRC files read and written with
+:mod:`ranker.runtime.mrc`."""
 from __future__ import annotations
 
 import subprocess
 
 import numpy as np
-
-
-
-# ======================================================================================
-# STAR files (RELION 3.1 style)
-# ======================================================================================
-def write_star(path, blocks):
-    """Write STAR loops. ``blocks``: list of (block_name, column_names, rows)."""
-    with open(path, "w") as f:
-        for name, cols, rows in blocks:
-            f.write(f"\n# version 30001\n\ndata_{name}\n\nloop_ \n")
-            for i, c in enumerate(cols):
-                f.write(f"_{c} #{i + 1} \n")
-            for r in rows:
-                f.write(" ".join(str(v) for v in r) + " \n")
-            f.write(" \n")
 
 
 def read_star_loop(path, block):
@@ -29,26 +14,6 @@ def read_star_loop(path, block):
 
     tab = read_star(path)[block]
     return tab.labels, tab.rows
-
-
-def save_mrc(path, data, angpix):
-    """Write float32 MRC (a 3D array to ``*.mrcs`` is written as an image stack); angpix in A."""
-    import mrcfile
-
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(np.ascontiguousarray(data, dtype=np.float32))
-        m.voxel_size = angpix
-        if data.ndim == 3 and path.endswith(".mrcs"):
-            m.set_image_stack()
-
-
-def load_mrc(path):
-    import mrcfile
-
-    with mrcfile.open(path, permissive=True) as m:
-        data = np.asarray(m.data, dtype=np.float32).copy()
-    # a one-image stack reads as 2D: keep stacks (N, y, x), so that stack[i] is an image
-    return data[None] if path.endswith(".mrcs") and data.ndim == 2 else data
 
 
 def json_default(o):

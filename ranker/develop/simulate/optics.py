@@ -6,20 +6,23 @@ import math
 
 import numpy as np
 
+from ranker.runtime.ctf import ctf_phase
+from ranker.runtime.geometry import circle_mask
+
 
 # ======================================================================================
 # density map and CTF
 # ======================================================================================
-def make_map(xyz, w, box, angpix, blur_A, fine_max_A=1.6, normalise=True):
-    """Density (box^3 voxels of angpix A) of Gaussian atoms with B = 8 pi^2 blur_A^2.
+def make_map(xyz, w, box_px, pixel_size_A, blur_A, fine_max_A=1.6, normalise=True):
+    """Density (box_px^3 voxels of pixel_size_A) of Gaussian atoms with B = 8 pi^2 blur_A^2.
 
     Atoms are splatted (trilinear) on a fine grid of spacing <= fine_max_A, Fourier-cropped
-    to angpix (no aliasing) and blurred in Fourier space. The weighted centroid is at voxel
-    box//2 (RELION's origin). Normalised to max 1 if ``normalise``."""
+    to pixel_size_A (no aliasing) and blurred in Fourier space. The weighted centroid is at voxel
+    box_px//2 (RELION's origin). Normalised to max 1 if ``normalise``."""
     from scipy import fft as sfft
 
-    os_ = max(1, int(math.ceil(angpix / fine_max_A - 1e-6)))
-    fb, fp = box * os_, angpix / os_
+    os_ = max(1, int(math.ceil(pixel_size_A / fine_max_A - 1e-6)))
+    fb, fp = box_px * os_, pixel_size_A / os_
     c = xyz - np.average(xyz, axis=0, weights=w)
     g = c / fp + fb // 2
     vol = np.zeros((fb, fb, fb), np.float32)
@@ -35,35 +38,26 @@ def make_map(xyz, w, box, angpix, blur_A, fine_max_A=1.6, normalise=True):
                 np.add.at(vol, (iz[ok], iy[ok], ix[ok]), wt[ok].astype(np.float32))
     F = sfft.rfftn(vol, workers=1)
     del vol
-    h = box // 2
+    h = box_px // 2
     idx = np.r_[0:h, fb - h:fb]
     F = F[idx][:, idx][:, :, :h + 1]
-    kz = np.fft.fftfreq(box, d=angpix)
-    kx = np.fft.rfftfreq(box, d=angpix)
+    kz = np.fft.fftfreq(box_px, d=pixel_size_A)
+    kx = np.fft.rfftfreq(box_px, d=pixel_size_A)
     k2 = kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2
     F *= np.exp(-2 * math.pi ** 2 * blur_A ** 2 * k2).astype(np.float32)
-    out = sfft.irfftn(F, s=(box, box, box), workers=1)
+    out = sfft.irfftn(F, s=(box_px, box_px, box_px), workers=1)
     if normalise:
         out /= out.max()
     return out.astype(np.float32)
 
 
-def electron_wavelength(kv):
-    """Relativistic electron wavelength (A) at kv kilovolts."""
-    v = kv * 1e3
-    return 12.2643247 / math.sqrt(v * (1 + v * 0.978466e-6))
-
-
-def ctf2d(n, angpix, du, dv, dang, kv=300.0, cs=2.7, q0=0.1):
-    """RELION-convention CTF (un-shifted FFT layout) of an n x n image; defocus in A, dang in deg."""
-    lam = electron_wavelength(kv)
-    f = np.fft.fftfreq(n, d=angpix)
+def ctf2d(n_px, pixel_size_A, defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kV=300.0, cs_mm=2.7,
+          amplitude_contrast=0.1):
+    """RELION's CTF of an n_px x n_px image, in the un-shifted FFT layout (see ranker.runtime.ctf)."""
+    f = np.fft.fftfreq(n_px, d=pixel_size_A)
     FX, FY = np.meshgrid(f, f)
-    s2 = FX ** 2 + FY ** 2
-    ang = np.arctan2(FY, FX)
-    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2 * (ang - np.deg2rad(dang)))
-    chi = math.pi * lam * defocus * s2 - 0.5 * math.pi * cs * 1e7 * lam ** 3 * s2 ** 2
-    return np.sin(chi + math.atan(q0 / math.sqrt(1 - q0 ** 2)))
+    return -np.sin(ctf_phase(FX, FY, voltage_kV, cs_mm, amplitude_contrast, defocus_u_A, defocus_v_A,
+                             defocus_angle_deg))
 
 
 def apply_ctf(img, ctf2n):
@@ -72,11 +66,6 @@ def apply_ctf(img, ctf2n):
     p = n // 2
     big = np.pad(img, p, mode="reflect")
     return np.real(np.fft.ifft2(np.fft.fft2(big) * ctf2n))[p:p + n, p:p + n]
-
-
-def circle_mask(n, radius_px):
-    y, x = np.indices((n, n)) - n // 2
-    return (x ** 2 + y ** 2) <= radius_px ** 2
 
 
 def relion_normalise(img, bg_radius_px):

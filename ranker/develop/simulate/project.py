@@ -1,5 +1,15 @@
 """One labelled RELION project: simulate particles and junk, run relion_refine Class2D
-(RELION 3.1) from the project root, write truth.csv / class_truth.csv / corpus_job.json."""
+(RELION 3.1) from the project root, write truth.csv / class_truth.csv / corpus_job.json.
+
+:func:`build_project` runs the stages in order, each a function named after what it does:
+:func:`make_maps`, :func:`draw_micrographs`, :func:`draw_orientations`,
+:func:`project_with_relion`, :func:`make_images` (:func:`good_particles` and one function per
+junk kind: :func:`empty_ice`, :func:`ice_contamination`, :func:`carbon_edge`,
+:func:`aggregate_junk`, :func:`offcentre_junk`, :func:`partial_junk`), :func:`write_particles`,
+:func:`classify` and :func:`analyse_and_clean`. They draw from one random generator in that
+order, so a spec and seed always give the same particles.
+Units: lengths in A unless a name ends in ``_px``; the spec keys keep their corpus names
+(``box`` is in px, ``angpix`` in A/px, ``kv``, ``cs``, ``q0``)."""
 from __future__ import annotations
 
 import csv
@@ -9,19 +19,14 @@ import os
 import subprocess
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
-from ranker.develop.simulate.files import (
-    json_default,
-    load_mrc,
-    relion_version,
-    save_mrc,
-    write_star,
-)
+from ranker.develop.simulate.files import json_default, relion_version
 from ranker.develop.simulate.optics import (
     apply_ctf,
-    circle_mask,
     ctf2d,
     make_map,
     pref_euler,
@@ -40,6 +45,9 @@ from ranker.develop.simulate.truth import (
     strip_progress,
 )
 from ranker.develop.truth import JUNK_KINDS, class_summary
+from ranker.runtime.geometry import centre_window, circle_mask
+from ranker.runtime.mrc import read_stack, write_mrc
+from ranker.runtime.star import format_block, write_star
 
 # ======================================================================================
 # one job
@@ -68,12 +76,14 @@ def _run(cmd, log, cwd, timeout=None):
         raise JobError(f"{' '.join(map(str, cmd))} failed (rc {r.returncode}):\n{tail}")
 
 
-def optics_block(box, angpix, kv, cs, q0):
+def optics_block(box_px, pixel_size_A, voltage_kV, cs_mm, amplitude_contrast):
+    """``data_optics`` of one optics group, as RELION 3.1 writes it."""
     cols = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
             "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
             "rlnImageDimensionality"]
-    return ("optics", cols, [["opticsGroup1", 1, f"{angpix:.6f}", f"{kv:.6f}", f"{cs:.6f}", f"{q0:.6f}",
-                              f"{angpix:.6f}", box, 2]])
+    return format_block("optics", cols, [["opticsGroup1", 1, f"{pixel_size_A:.6f}", f"{voltage_kV:.6f}",
+                                          f"{cs_mm:.6f}", f"{amplitude_contrast:.6f}", f"{pixel_size_A:.6f}",
+                                          box_px, 2]])
 
 
 ANG_COLS = ["rlnMicrographName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
@@ -105,77 +115,138 @@ def fragment_atoms(xyz, w, rng, keep=(0.25, 0.65)):
     return xyz[sel], w[sel]
 
 
-def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
-    """Simulate particles, run relion_refine Class2D and write the truth files in proj_dir.
+# ======================================================================================
+# the stages of one job, in order (build_project runs them)
+# ======================================================================================
+@dataclass
+class Optics:
+    """The one optics group of a simulated job."""
 
-    ``spec`` is a dict like DEFAULT_SPEC (lengths in A, box in px). proj_dir must not exist
-    yet or be empty. keep=True keeps particle stacks, maps and all iterations (debugging).
-    Returns the info dict that is also written to corpus_job.json."""
-    t_start = time.time()
+    box_px: int
+    pixel_size_A: float
+    voltage_kV: float
+    cs_mm: float
+    amplitude_contrast: float
+
+    @classmethod
+    def from_spec(cls, s):
+        box_px = int(s["box"])
+        if box_px % 2:
+            raise ValueError("box must be even")
+        return cls(box_px, float(s["angpix"]), float(s["kv"]), float(s["cs"]), float(s["q0"]))
+
+    def block(self, box_px=None):
+        """``data_optics`` of the STAR files (``box_px`` for projections in a bigger box)."""
+        return optics_block(box_px or self.box_px, self.pixel_size_A, self.voltage_kV, self.cs_mm,
+                            self.amplitude_contrast)
+
+
+@dataclass
+class Maps:
+    """What make_maps drew: the atoms, the protein and mask diameters (A) and the density scale."""
+
+    xyz: np.ndarray
+    w: np.ndarray
+    protein_diameter_A: float
+    mask_diameter_A: float
+    info: dict
+
+
+@dataclass
+class Orientations:
+    """The projection directions drawn for good particles, junk in the 2N box (4 per aggregate,
+    then one per off-centre particle) and fragments; rows as in the ``*_ang.star`` files."""
+
+    good_rows: list
+    good_mic: np.ndarray
+    good_view: np.ndarray
+    junk_rows: list
+    junk_mic: np.ndarray
+    part_mic: np.ndarray | None
+
+
+@dataclass
+class Noise:
+    """The white noise that gives the spec's SNR, from relion_project's clean projections."""
+
+    sigma: float
+    signal_var: float
+    seconds: float
+
+
+def resolve_spec(spec):
+    """DEFAULT_SPEC updated with ``spec``; junk counts as ints, kinds checked."""
     s = dict(DEFAULT_SPEC)
     s.update(spec)
     s["junk"] = {k: int(v) for k, v in s["junk"].items() if int(v) > 0}
     for k in s["junk"]:
         if k not in JUNK_KINDS:
             raise ValueError(f"unknown junk kind {k}")
-    os.makedirs(proj_dir, exist_ok=True)
-    P = lambda *a: os.path.join(proj_dir, *a)  # noqa: E731
-    os.makedirs(P("Simulated", "Particles"), exist_ok=True)
-    rng = np.random.default_rng(int(s["seed"]))
-    box, apix = int(s["box"]), float(s["angpix"])
-    if box % 2:
-        raise ValueError("box must be even")
-    kv, cs, q0 = float(s["kv"]), float(s["cs"]), float(s["q0"])
+    return s
 
-    # ---- structure and maps
+
+def make_maps(s, optics, rng, P, log):
+    """The structure, its density map (box and 2 x box, for off-centre junk) and two fragment
+    maps when the spec asks for partial particles, written to Simulated/."""
     t0 = time.time()
+    box_px, pixel_size_A = optics.box_px, optics.pixel_size_A
     xyz, w = _load_atoms(s["protein"], rng)
-    rmax, r99 = structure_radius(xyz, w)
-    prot_diam = 2 * r99
-    mask_d = s["mask_diameter_A"] or min(0.95 * box * apix, 1.15 * prot_diam + 4 * apix)
-    if mask_d >= box * apix:
-        raise ValueError(f"mask diameter {mask_d:.0f} A does not fit the box {box * apix:.0f} A")
-    vol = make_map(xyz, w, box, apix, float(s["blur_A"]), normalise=False)
+    max_radius_A, r99_A = structure_radius(xyz, w)
+    protein_diameter_A = 2 * r99_A
+    mask_diameter_A = s["mask_diameter_A"] or min(0.95 * box_px * pixel_size_A,
+                                                  1.15 * protein_diameter_A + 4 * pixel_size_A)
+    if mask_diameter_A >= box_px * pixel_size_A:
+        raise ValueError(f"mask diameter {mask_diameter_A:.0f} A does not fit the box {box_px * pixel_size_A:.0f} A")
+    vol = make_map(xyz, w, box_px, pixel_size_A, float(s["blur_A"]), normalise=False)
     peak = float(vol.max())
     vol /= peak
-    save_mrc(P("Simulated", f"ref_box{box}.mrc"), vol, apix)
-    big = np.zeros((2 * box,) * 3, np.float32)
-    q = box // 2
-    big[q:q + box, q:q + box, q:q + box] = vol
-    save_mrc(P("Simulated", f"ref_box{2 * box}.mrc"), big, apix)
+    write_mrc(P("Simulated", f"ref_box{box_px}.mrc"), vol, pixel_size_A)
+    big = np.zeros((2 * box_px,) * 3, np.float32)
+    q = box_px // 2
+    big[q:q + box_px, q:q + box_px, q:q + box_px] = vol
+    write_mrc(P("Simulated", f"ref_box{2 * box_px}.mrc"), big, pixel_size_A)
     del big
-    n_partial = s["junk"].get("partial", 0)
     frag_info = []
-    if n_partial:
+    if s["junk"].get("partial", 0):
         for fi in range(2):
             fx, fw = fragment_atoms(xyz, w, rng)
             # re-centred on the fragment's own centroid, same density scale as the whole complex
-            fvol = make_map(fx, fw, box, apix, float(s["blur_A"]), normalise=False) / peak
-            save_mrc(P("Simulated", f"frag{fi + 1}_box{box}.mrc"), fvol, apix)
+            fvol = make_map(fx, fw, box_px, pixel_size_A, float(s["blur_A"]), normalise=False) / peak
+            write_mrc(P("Simulated", f"frag{fi + 1}_box{box_px}.mrc"), fvol, pixel_size_A)
             frag_info.append(dict(n_atoms=int(len(fx)), mass_frac=round(float(fw.sum() / w.sum()), 3)))
-    map_info = dict(protein=s["protein"], n_atoms=int(len(xyz)), approx_mass_kDa=round(float(w.sum()) / 7.0 * 14 / 1000, 1),
-                    max_radius_A=round(rmax, 1), r99_A=round(r99, 1), protein_diameter_A=round(prot_diam, 1),
-                    mask_diameter_A=round(mask_d, 1), fragments=frag_info, seconds=round(time.time() - t0, 1))
-    log(f"  map: {map_info['n_atoms']} atoms, diameter {prot_diam:.0f} A, mask {mask_d:.0f} A, "
-        f"box {box} x {apix:.2f} A = {box * apix:.0f} A ({time.time() - t0:.1f} s)")
+    info = dict(protein=s["protein"], n_atoms=int(len(xyz)), approx_mass_kDa=round(float(w.sum()) / 7.0 * 14 / 1000, 1),
+                max_radius_A=round(max_radius_A, 1), r99_A=round(r99_A, 1),
+                protein_diameter_A=round(protein_diameter_A, 1), mask_diameter_A=round(mask_diameter_A, 1),
+                fragments=frag_info, seconds=round(time.time() - t0, 1))
+    log(f"  map: {info['n_atoms']} atoms, diameter {protein_diameter_A:.0f} A, mask {mask_diameter_A:.0f} A, "
+        f"box {box_px} x {pixel_size_A:.2f} A = {box_px * pixel_size_A:.0f} A ({time.time() - t0:.1f} s)")
+    return Maps(xyz, w, protein_diameter_A, mask_diameter_A, info)
 
-    # ---- micrographs, orientations
-    nm = int(s["n_mics"])
-    d0, d1 = s["defocus_um"]
+
+def draw_micrographs(s, rng):
+    """(name, defocus U, defocus V (A), astigmatism angle (deg)) of each micrograph."""
+    d0_um, d1_um = s["defocus_um"]
     mics = []
-    for m in range(nm):
-        dfm = rng.uniform(d0, d1) * 1e4
-        ast = rng.uniform(*s["astig_A"])
-        mics.append((f"Simulated/Micrographs/mic{m + 1:03d}.mrc", dfm + ast / 2, dfm - ast / 2,
+    for m in range(int(s["n_mics"])):
+        defocus_A = rng.uniform(d0_um, d1_um) * 1e4
+        astig_A = rng.uniform(*s["astig_A"])
+        mics.append((f"Simulated/Micrographs/mic{m + 1:03d}.mrc", defocus_A + astig_A / 2, defocus_A - astig_A / 2,
                      float(rng.uniform(-180, 180))))
+    return mics
+
+
+def draw_orientations(s, optics, mics, rng, P):
+    """Views, shifts and micrographs of the projections relion_project will make, written to
+    Simulated/{good_ang,good_sub,junk_ang,frag1_ang,frag2_ang}.star."""
+    n_mics, pixel_size_A = len(mics), optics.pixel_size_A
 
     def ang_rows(n, shift_sd_px, mic_idx=None):
         rot, tilt, psi, view = pref_euler(rng, n, int(s["n_views"]), float(s["view_spread_deg"]),
                                           float(s["frac_uniform"]))
         if mic_idx is None:
-            mic_idx = rng.integers(0, nm, n)
-        ox = rng.normal(0, shift_sd_px, n) * apix
-        oy = rng.normal(0, shift_sd_px, n) * apix
+            mic_idx = rng.integers(0, n_mics, n)
+        ox = rng.normal(0, shift_sd_px, n) * pixel_size_A
+        oy = rng.normal(0, shift_sd_px, n) * pixel_size_A
         rows = []
         for i in range(n):
             m = mics[mic_idx[i]]
@@ -183,167 +254,241 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
                          f"{m[1]:.2f}", f"{m[2]:.2f}", f"{m[3]:.2f}", "0.0", "1.0", "0.0", 1])
         return rows, np.asarray(mic_idx), view
 
-    ng = int(s["n_good"])
-    good_rows, good_mic, good_view = ang_rows(ng, float(s["shift_sd_px"]))
-    write_star(P("Simulated", "good_ang.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, good_rows)])
-    nsub = min(ng, 300)
-    write_star(P("Simulated", "good_sub.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, good_rows[:nsub])])
+    def write(name, rows, box_px=None):
+        write_star(P("Simulated", name), [optics.block(box_px), format_block("particles", ANG_COLS, rows)])
+
+    n_good = int(s["n_good"])
+    good_rows, good_mic, good_view = ang_rows(n_good, float(s["shift_sd_px"]))
+    write("good_ang.star", good_rows)
+    write("good_sub.star", good_rows[:min(n_good, 300)])
     # aggregates: up to 4 members sharing a micrograph; off-centre: 1 projection; all in box 2N
-    nag, noff = s["junk"].get("aggregate", 0), s["junk"].get("offcentre", 0)
-    ag_mic = rng.integers(0, nm, nag)
-    jm = np.concatenate([np.repeat(ag_mic, 4), rng.integers(0, nm, noff)]).astype(int)
-    junk_rows, junk_mic, _ = ang_rows(4 * nag + noff, 0.0, jm)
+    n_aggregate, n_offcentre = s["junk"].get("aggregate", 0), s["junk"].get("offcentre", 0)
+    aggregate_mic = rng.integers(0, n_mics, n_aggregate)
+    jm = np.concatenate([np.repeat(aggregate_mic, 4), rng.integers(0, n_mics, n_offcentre)]).astype(int)
+    junk_rows, junk_mic, _ = ang_rows(4 * n_aggregate + n_offcentre, 0.0, jm)
     if len(junk_rows):
-        write_star(P("Simulated", "junk_ang.star"),
-                   [optics_block(2 * box, apix, kv, cs, q0), ("particles", ANG_COLS, junk_rows)])
-    part_rows = []
+        write("junk_ang.star", junk_rows, 2 * optics.box_px)
+    n_partial = s["junk"].get("partial", 0)
+    part_mic = None
     if n_partial:
         part_rows, part_mic, _ = ang_rows(n_partial, float(s["shift_sd_px"]) * 1.5)
         half = (n_partial + 1) // 2
-        write_star(P("Simulated", "frag1_ang.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, part_rows[:half])])
+        write("frag1_ang.star", part_rows[:half])
         if n_partial > half:
-            write_star(P("Simulated", "frag2_ang.star"), [optics_block(box, apix, kv, cs, q0), ("particles", ANG_COLS, part_rows[half:])])
+            write("frag2_ang.star", part_rows[half:])
+    return Orientations(good_rows, good_mic, good_view, junk_rows, junk_mic, part_mic)
 
-    # ---- relion_project: noise level for the SNR, then noisy good particles and clean junk projections
+
+def project_with_relion(s, optics, maps, views, P, log):
+    """relion_project: clean projections of a subset to set the noise for the SNR, then the
+    noisy good particles and the clean junk and fragment projections (Simulated/*.mrcs)."""
     t0 = time.time()
+    box_px, pixel_size_A = optics.box_px, optics.pixel_size_A
     sim = P("Simulated")
-    _run(["relion_project", "--i", f"ref_box{box}.mrc", "--ang", "good_sub.star", "--o", "good_sub_clean", "--ctf"],
-         P("Simulated", "project_sub.log"), sim)
-    clean = load_mrc(P("Simulated", "good_sub_clean.mrcs")).astype(np.float64)
-    cm = circle_mask(box, min(prot_diam, box * apix) / 2 / apix)
-    sig_var = float(np.mean([im[cm].var() for im in clean]))
-    sigma = math.sqrt(sig_var / float(s["snr"]))
+    _run(["relion_project", "--i", f"ref_box{box_px}.mrc", "--ang", "good_sub.star", "--o", "good_sub_clean",
+          "--ctf"], P("Simulated", "project_sub.log"), sim)
+    clean = read_stack(P("Simulated", "good_sub_clean.mrcs")).astype(np.float64)
+    inside = circle_mask(box_px, min(maps.protein_diameter_A, box_px * pixel_size_A) / 2 / pixel_size_A)
+    signal_var = float(np.mean([im[inside].var() for im in clean]))
+    sigma = math.sqrt(signal_var / float(s["snr"]))
     del clean
-    _run(["relion_project", "--i", f"ref_box{box}.mrc", "--ang", "good_ang.star", "--o", "good_noisy", "--ctf",
+    _run(["relion_project", "--i", f"ref_box{box_px}.mrc", "--ang", "good_ang.star", "--o", "good_noisy", "--ctf",
           "--add_noise", "--white_noise", f"{sigma:.6g}"], P("Simulated", "project_noisy.log"), sim)
-    if len(junk_rows):
-        _run(["relion_project", "--i", f"ref_box{2 * box}.mrc", "--ang", "junk_ang.star", "--o", "junk_clean", "--ctf"],
-             P("Simulated", "project_junk.log"), sim)
+    if len(views.junk_rows):
+        _run(["relion_project", "--i", f"ref_box{2 * box_px}.mrc", "--ang", "junk_ang.star", "--o", "junk_clean",
+              "--ctf"], P("Simulated", "project_junk.log"), sim)
     for fi in (1, 2):
         if os.path.exists(P("Simulated", f"frag{fi}_ang.star")):
-            _run(["relion_project", "--i", f"frag{fi}_box{box}.mrc", "--ang", f"frag{fi}_ang.star", "--o",
+            _run(["relion_project", "--i", f"frag{fi}_box{box_px}.mrc", "--ang", f"frag{fi}_ang.star", "--o",
                   f"frag{fi}_clean", "--ctf"], P("Simulated", f"project_frag{fi}.log"), sim)
-    t_project = time.time() - t0
-    log(f"  relion_project: noise sd {sigma:.4g} for SNR {s['snr']} ({t_project:.1f} s)")
+    seconds = time.time() - t0
+    log(f"  relion_project: noise sd {sigma:.4g} for SNR {s['snr']} ({seconds:.1f} s)")
+    return Noise(sigma, signal_var, seconds)
 
-    # ---- assemble images
-    good = load_mrc(P("Simulated", "good_noisy.mrcs"))
-    measured = float(np.mean([im[~circle_mask(box, box * 0.45)].std() for im in good[:200]]))
-    jproj = load_mrc(P("Simulated", "junk_clean.mrcs")) if len(junk_rows) else None
-    fproj = []
-    for fi in (1, 2):
-        if os.path.exists(P("Simulated", f"frag{fi}_clean.mrcs")):
-            fproj.append(load_mrc(P("Simulated", f"frag{fi}_clean.mrcs")))
-    fproj = np.concatenate(fproj) if fproj else None
-    n = box
-    sig_sd = math.sqrt(sig_var)
-    jc = float(s["junk_contrast"])
-    y, x = (np.indices((n, n)) - n // 2).astype(float)
-    lo, hi = n // 2, n // 2 + n
-    diam_px = prot_diam / apix
-    ctf_cache = {}
 
-    def ctf_for(mi):
-        if mi not in ctf_cache:
-            m = mics[mi]
-            ctf_cache[mi] = ctf2d(2 * n, apix, m[1], m[2], m[3], kv, cs, q0)
-        return ctf_cache[mi]
+class _Canvas:
+    """What every particle image shares: the box, pixel coordinates about the centre, the
+    noise, the signal scale, the junk contrast, the CTF of each micrograph (on the 2N grid)
+    and the generator."""
 
-    def wn():
-        return rng.normal(0, sigma, (n, n))
+    def __init__(self, optics, mics, noise, junk_contrast, rng):
+        self.n = n = optics.box_px
+        self.optics, self.mics, self.rng = optics, mics, rng
+        self.sigma = noise.sigma
+        self.signal_sd = math.sqrt(noise.signal_var)
+        self.junk_contrast = junk_contrast
+        self.y, self.x = (np.indices((n, n)) - n // 2).astype(float)
+        self._ctf = {}
 
-    def gradient(amp):
-        t = rng.uniform(0, 2 * np.pi)
-        return amp * sig_sd * (np.cos(t) * x + np.sin(t) * y) / n
+    def white_noise(self):
+        return self.rng.normal(0, self.sigma, (self.n, self.n))
 
-    def crop_shift(img2n, dx, dy):
-        sh = np.roll(np.roll(img2n, int(round(dy)), axis=0), int(round(dx)), axis=1)
-        return sh[lo:hi, lo:hi]
+    def gradient(self, amp):
+        """An ice-thickness ramp of amplitude ``amp`` x signal sd across the box, random direction."""
+        t = self.rng.uniform(0, 2 * np.pi)
+        return amp * self.signal_sd * (np.cos(t) * self.x + np.sin(t) * self.y) / self.n
 
-    from scipy.ndimage import gaussian_filter
+    def ctf(self, mic_index):
+        if mic_index not in self._ctf:
+            m, o = self.mics[mic_index], self.optics
+            self._ctf[mic_index] = ctf2d(2 * self.n, o.pixel_size_A, m[1], m[2], m[3], o.voltage_kV, o.cs_mm,
+                                         o.amplitude_contrast)
+        return self._ctf[mic_index]
 
-    items = []  # (image, kind, mic index, extra)
-    gcols = ANG_COLS
-    for i in range(ng):
-        r = dict(zip(gcols, good_rows[i]))
+    def crop_shift(self, img_2n, dx_px, dy_px):
+        """The N x N centre of a 2N x 2N projection moved by (dx, dy) px (rounded)."""
+        return centre_window(np.roll(np.roll(img_2n, int(round(dy_px)), axis=0), int(round(dx_px)), axis=1), self.n)
+
+
+def good_particles(c, s, good, views):
+    """(image, "good", micrograph, truth) of the noisy projections, some with an ice gradient."""
+    items = []
+    for i in range(int(s["n_good"])):
+        r = dict(zip(ANG_COLS, views.good_rows[i]))
         img = good[i].astype(np.float64)
-        if rng.uniform() < float(s["grad_frac"]):
-            img = img + gradient(rng.uniform(0.1, 0.5))
-        items.append((img, "good", int(good_mic[i]), dict(view=int(good_view[i]), rot=r["rlnAngleRot"],
-                      tilt=r["rlnAngleTilt"], psi=r["rlnAnglePsi"], ox=r["rlnOriginXAngst"], oy=r["rlnOriginYAngst"])))
-    del good
-    J = s["junk"]
-    for _ in range(J.get("noise", 0)):
-        mi = int(rng.integers(nm))
-        img = wn()
-        extra = {}
-        if rng.uniform() < 0.4:
-            img += gradient(rng.uniform(0.2, 0.8))
-        if rng.uniform() < 0.3:  # faint low-frequency ice-thickness texture
-            tex = gaussian_filter(rng.normal(0, 1, (n, n)), n / 8)
-            img += 0.5 * sig_sd * tex / max(tex.std(), 1e-9)
-        items.append((img, "noise", mi, extra))
-    for _ in range(J.get("ice", 0)):
-        mi = int(rng.integers(nm))
-        sig = np.zeros((n, n))
-        nb = int(rng.integers(1, 4))
-        for _b in range(nb):
-            cx, cy = rng.uniform(-0.45, 0.45, 2) * n
-            if rng.uniform() < 0.3:  # small dense sphere (ethane / crystalline ice particle)
-                rx = ry = rng.uniform(0.05, 0.15) * n
-                sharp = 12
-            else:
-                rx, ry = rng.uniform(0.08, 0.35, 2) * n
-                sharp = rng.uniform(4, 10)
-            th = rng.uniform(0, np.pi)
-            xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
-            yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
-            d = np.sqrt((xr / rx) ** 2 + (yr / ry) ** 2)
-            blob = 1 / (1 + np.exp((d - 1) * sharp))
-            sign = 1 if rng.uniform() < 0.8 else -1
-            sig += sign * jc * rng.uniform(1.5, 4) * sig_sd * blob
-        sig = 0.5 * sig + 0.5 * apply_ctf(sig, ctf_for(mi))
-        items.append((sig + wn(), "ice", mi, dict(n_members=nb)))
-    for _ in range(J.get("edge", 0)):
-        mi = int(rng.integers(nm))
-        t = rng.uniform(0, 2 * np.pi)
-        off = rng.uniform(-0.35, 0.35) * n
-        if rng.uniform() < 0.5:  # curved edge of a hole (radius 0.6-4 box)
-            R = rng.uniform(0.6, 4.0) * n
-            cx, cy = (R + off) * np.cos(t), (R + off) * np.sin(t)
-            dist = R - np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
+        if c.rng.uniform() < float(s["grad_frac"]):
+            img = img + c.gradient(c.rng.uniform(0.1, 0.5))
+        items.append((img, "good", int(views.good_mic[i]), dict(
+            view=int(views.good_view[i]), rot=r["rlnAngleRot"], tilt=r["rlnAngleTilt"], psi=r["rlnAnglePsi"],
+            ox=r["rlnOriginXAngst"], oy=r["rlnOriginYAngst"])))
+    return items
+
+
+def on_random_micrographs(c, kind, count, make_one):
+    """``count`` junk particles of ``kind``, each on a random micrograph, drawn by
+    ``make_one(c, mic)`` -> (image, truth extras)."""
+    items = []
+    for _ in range(count):
+        mi = int(c.rng.integers(len(c.mics)))
+        img, extra = make_one(c, mi)
+        items.append((img, kind, mi, extra))
+    return items
+
+
+def empty_ice(c, mi):
+    """Empty ice: noise, some with a gradient or a faint low-frequency thickness texture."""
+    n, rng = c.n, c.rng
+    img = c.white_noise()
+    if rng.uniform() < 0.4:
+        img += c.gradient(rng.uniform(0.2, 0.8))
+    if rng.uniform() < 0.3:  # faint low-frequency ice-thickness texture
+        tex = gaussian_filter(rng.normal(0, 1, (n, n)), n / 8)
+        img += 0.5 * c.signal_sd * tex / max(tex.std(), 1e-9)
+    return img, {}
+
+
+def ice_contamination(c, mi):
+    """Contamination: 1-3 dense blobs (ellipses, some small spheres), half CTF-modulated."""
+    n, rng, x, y = c.n, c.rng, c.x, c.y
+    sig = np.zeros((n, n))
+    n_blobs = int(rng.integers(1, 4))
+    for _b in range(n_blobs):
+        cx, cy = rng.uniform(-0.45, 0.45, 2) * n
+        if rng.uniform() < 0.3:  # small dense sphere (ethane / crystalline ice particle)
+            rx = ry = rng.uniform(0.05, 0.15) * n
+            sharp = 12
         else:
-            dist = np.cos(t) * x + np.sin(t) * y - off
-        step = 1 / (1 + np.exp(-dist / rng.uniform(0.5, 1.5)))
-        texture = gaussian_filter(rng.normal(0, 1, (n, n)), rng.uniform(1.0, 3.0))
-        texture /= texture.std()
-        sig = jc * rng.uniform(2, 5) * sig_sd * step * (1 + 0.3 * texture)
-        sig = apply_ctf(sig, ctf_for(mi)) + 0.5 * sig
-        items.append((sig + wn(), "edge", mi, {}))
-    for k in range(nag):
+            rx, ry = rng.uniform(0.08, 0.35, 2) * n
+            sharp = rng.uniform(4, 10)
+        th = rng.uniform(0, np.pi)
+        xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
+        yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
+        d = np.sqrt((xr / rx) ** 2 + (yr / ry) ** 2)
+        blob = 1 / (1 + np.exp((d - 1) * sharp))
+        sign = 1 if rng.uniform() < 0.8 else -1
+        sig += sign * c.junk_contrast * rng.uniform(1.5, 4) * c.signal_sd * blob
+    sig = 0.5 * sig + 0.5 * apply_ctf(sig, c.ctf(mi))
+    return sig + c.white_noise(), dict(n_members=n_blobs)
+
+
+def carbon_edge(c, mi):
+    """Carbon or hole edges: a straight or curved textured step, CTF-modulated."""
+    n, rng, x, y = c.n, c.rng, c.x, c.y
+    t = rng.uniform(0, 2 * np.pi)
+    off = rng.uniform(-0.35, 0.35) * n
+    if rng.uniform() < 0.5:  # curved edge of a hole (radius 0.6-4 box)
+        R = rng.uniform(0.6, 4.0) * n
+        cx, cy = (R + off) * np.cos(t), (R + off) * np.sin(t)
+        dist = R - np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
+    else:
+        dist = np.cos(t) * x + np.sin(t) * y - off
+    step = 1 / (1 + np.exp(-dist / rng.uniform(0.5, 1.5)))
+    texture = gaussian_filter(rng.normal(0, 1, (n, n)), rng.uniform(1.0, 3.0))
+    texture /= texture.std()
+    sig = c.junk_contrast * rng.uniform(2, 5) * c.signal_sd * step * (1 + 0.3 * texture)
+    sig = apply_ctf(sig, c.ctf(mi)) + 0.5 * sig
+    return sig + c.white_noise(), {}
+
+
+def aggregate_junk(c, count, junk_proj, junk_mic, protein_diameter_px):
+    """2-4 overlapping projections (from the 2N box), 0.35-0.75 diameters apart."""
+    items = []
+    rng = c.rng
+    for k in range(count):
         mi = int(junk_mic[4 * k])
         m = int(rng.choice([2, 2, 3, 3, 4]))
         cx, cy = rng.normal(0, 2, 2)
-        sig = crop_shift(jproj[4 * k], cx, cy)
+        sig = c.crop_shift(junk_proj[4 * k], cx, cy)
         for j in range(1, m):
-            r = rng.uniform(0.35, 0.75) * diam_px
+            r = rng.uniform(0.35, 0.75) * protein_diameter_px
             t = rng.uniform(0, 2 * np.pi)
-            sig = sig + crop_shift(jproj[4 * k + j], cx + r * np.cos(t), cy + r * np.sin(t))
-        items.append((sig + wn(), "aggregate", mi, dict(n_members=m)))
-    for k in range(noff):
-        idx = 4 * nag + k
-        mi = int(junk_mic[idx])
-        r = rng.uniform(0.25, 0.5) * n
-        t = rng.uniform(0, 2 * np.pi)
-        sig = crop_shift(jproj[idx], r * np.cos(t), r * np.sin(t))
-        items.append((sig + wn(), "offcentre", mi, dict(shift_px=round(float(r), 2))))
-    for k in range(n_partial):
-        mi = int(part_mic[k])
-        items.append((fproj[k] + wn(), "partial", mi, dict(fragment=1 if k < (n_partial + 1) // 2 else 2)))
-    del jproj, fproj
+            sig = sig + c.crop_shift(junk_proj[4 * k + j], cx + r * np.cos(t), cy + r * np.sin(t))
+        items.append((sig + c.white_noise(), "aggregate", mi, dict(n_members=m)))
+    return items
 
-    # ---- normalise, write per-micrograph stacks and the shuffled STAR file
-    bg_r = 0.75 * n / 2
+
+def offcentre_junk(c, count, first, junk_proj, junk_mic):
+    """One projection shifted by 0.25-0.5 box (projections ``first``... of the 2N box)."""
+    items = []
+    n, rng = c.n, c.rng
+    for k in range(count):
+        idx = first + k
+        mi = int(junk_mic[idx])
+        shift_px = rng.uniform(0.25, 0.5) * n
+        t = rng.uniform(0, 2 * np.pi)
+        sig = c.crop_shift(junk_proj[idx], shift_px * np.cos(t), shift_px * np.sin(t))
+        items.append((sig + c.white_noise(), "offcentre", mi, dict(shift_px=round(float(shift_px), 2))))
+    return items
+
+
+def partial_junk(c, count, frag_proj, part_mic):
+    """Projections of the two fragments (the first half of fragment 1)."""
+    return [(frag_proj[k] + c.white_noise(), "partial", int(part_mic[k]),
+             dict(fragment=1 if k < (count + 1) // 2 else 2)) for k in range(count)]
+
+
+def make_images(s, optics, maps, mics, views, noise, rng, P):
+    """Every particle image, good and junk, as (image, kind, micrograph index, truth extras),
+    in the order of the spec's kinds; and the noise sd measured on the good particles."""
+    good = read_stack(P("Simulated", "good_noisy.mrcs"))
+    measured = float(np.mean([im[~circle_mask(optics.box_px, optics.box_px * 0.45)].std() for im in good[:200]]))
+    junk_proj = read_stack(P("Simulated", "junk_clean.mrcs")) if len(views.junk_rows) else None
+    frag_proj = [read_stack(P("Simulated", f"frag{fi}_clean.mrcs")) for fi in (1, 2)
+                 if os.path.exists(P("Simulated", f"frag{fi}_clean.mrcs"))]
+    frag_proj = np.concatenate(frag_proj) if frag_proj else None
+    c = _Canvas(optics, mics, noise, float(s["junk_contrast"]), rng)
+    J = s["junk"]
+    n_aggregate = J.get("aggregate", 0)
+    items = good_particles(c, s, good, views)
+    del good
+    for kind, make_one in (("noise", empty_ice), ("ice", ice_contamination), ("edge", carbon_edge)):
+        items += on_random_micrographs(c, kind, J.get(kind, 0), make_one)
+    items += aggregate_junk(c, n_aggregate, junk_proj, views.junk_mic, maps.protein_diameter_A / optics.pixel_size_A)
+    items += offcentre_junk(c, J.get("offcentre", 0), 4 * n_aggregate, junk_proj, views.junk_mic)
+    items += partial_junk(c, J.get("partial", 0), frag_proj, views.part_mic)
+    return items, measured
+
+
+PARTICLE_COLS = ["rlnImageName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU",
+                 "rlnDefocusV", "rlnDefocusAngle", "rlnCtfBfactor", "rlnCtfScalefactor", "rlnPhaseShift",
+                 "rlnOpticsGroup"]
+TRUTH_KEYS = ("view", "rot", "tilt", "psi", "ox", "oy", "n_members", "shift_px", "fragment")
+
+
+def write_particles(items, optics, mics, rng, P):
+    """Shuffle the particles, normalise them (as relion_preprocess), write one stack per
+    micrograph, Import/job001/particles.star and truth.csv. Returns the truth rows."""
+    bg_radius_px = 0.75 * optics.box_px / 2
     order = rng.permutation(len(items))
     per_mic = defaultdict(list)
     for o in order:
@@ -351,15 +496,11 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     name_of = {}
     for mi, lst in sorted(per_mic.items()):
         fn = f"Simulated/Particles/mic{mi + 1:03d}.mrcs"
-        stack = np.stack([relion_normalise(items[o][0], bg_r) for o in lst]).astype(np.float32)
-        save_mrc(P(fn), stack, apix)
+        stack = np.stack([relion_normalise(items[o][0], bg_radius_px) for o in lst]).astype(np.float32)
+        write_mrc(P(fn), stack, optics.pixel_size_A)
         for j, o in enumerate(lst):
             name_of[o] = f"{j + 1:06d}@{fn}"
-    pcols = ["rlnImageName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU",
-             "rlnDefocusV", "rlnDefocusAngle", "rlnCtfBfactor", "rlnCtfScalefactor", "rlnPhaseShift",
-             "rlnOpticsGroup"]
     rows, truth = [], []
-    tkeys = ("view", "rot", "tilt", "psi", "ox", "oy", "n_members", "shift_px", "fragment")
     for o in order:
         img, kind, mi, extra = items[o]
         m = mics[mi]
@@ -367,49 +508,83 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
         rows.append([name_of[o], m[0], f"{cx:.1f}", f"{cy:.1f}", f"{m[1]:.2f}", f"{m[2]:.2f}", f"{m[3]:.2f}",
                      "0.000000", "1.000000", "0.000000", 1])
         truth.append(dict(rlnImageName=name_of[o], kind=kind, rlnMicrographName=m[0],
-                          **{k: extra.get(k, "") for k in tkeys}))
-    del items
+                          **{k: extra.get(k, "") for k in TRUTH_KEYS}))
     os.makedirs(P("Import", "job001"), exist_ok=True)
-    write_star(P("Import", "job001", "particles.star"), [optics_block(box, apix, kv, cs, q0), ("particles", pcols, rows)])
+    write_star(P("Import", "job001", "particles.star"),
+               [optics.block(), format_block("particles", PARTICLE_COLS, rows)])
     with open(P("truth.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(truth[0].keys()))
         wr.writeheader()
         wr.writerows(truth)
-    counts = dict(Counter(t["kind"] for t in truth))
-    log(f"  particles: {len(truth)} {counts}; noise sd measured {measured:.4g}")
+    return truth
 
-    # ---- 2D classification: real relion_refine, or the quick in-Python stand-in (quickclass)
-    os.makedirs(P("Class2D", "job002"), exist_ok=True)
-    K, it = int(s["K"]), int(s["n_iter"])
+
+def classify(proj_dir, s, mask_diameter_A, rng, relion_timeout, log):
+    """2D classification into Class2D/job002: real relion_refine, or the quick in-Python
+    stand-in (quickclass). Returns (command or description, seconds)."""
+    os.makedirs(os.path.join(proj_dir, "Class2D", "job002"), exist_ok=True)
     if s["classifier"] not in ("relion", "quick"):
         raise ValueError(f"unknown classifier {s['classifier']!r} (relion or quick)")
     t0 = time.time()
     if s["classifier"] == "quick":
-        cmd = [quick_class2d(proj_dir, s, mask_d, rng, log)]
+        cmd = [quick_class2d(proj_dir, s, mask_diameter_A, rng, log)]
     else:
-        cmd = _relion_class2d(proj_dir, s, mask_d, relion_timeout)
-    t_refine = time.time() - t0
-    log(f"  {'relion_refine' if s['classifier'] == 'relion' else 'quickclass'} K={K} iter={it}: {t_refine:.0f} s")
+        cmd = _relion_class2d(proj_dir, s, mask_diameter_A, relion_timeout)
+    seconds = time.time() - t0
+    log(f"  {'relion_refine' if s['classifier'] == 'relion' else 'quickclass'} K={int(s['K'])} "
+        f"iter={int(s['n_iter'])}: {seconds:.0f} s")
+    return cmd, seconds
 
-    # ---- truth per class, montage, clean-up
+
+def analyse_and_clean(proj_dir, it, keep, log):
+    """class_truth.csv, the montage, then (unless ``keep``) delete stacks and old iterations."""
     class_rows = analyse_class2d(proj_dir, it)
     try:
-        montage(proj_dir, it, class_rows, P("classes_montage.png"))
+        montage(proj_dir, it, class_rows, os.path.join(proj_dir, "classes_montage.png"))
     except Exception as e:  # matplotlib missing: not essential
         log(f"  montage skipped: {e}")
     if not keep:
         cleanup(proj_dir, it)
-    strip_progress(P("Class2D", "job002", "run.out"))
-    summ = class_summary(class_rows)
+    strip_progress(os.path.join(proj_dir, "Class2D", "job002", "run.out"))
+    return class_rows
+
+
+def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
+    """Simulate particles, run relion_refine Class2D and write the truth files in proj_dir.
+
+    ``spec`` is a dict like DEFAULT_SPEC (lengths in A, box in px). proj_dir must not exist
+    yet or be empty. keep=True keeps particle stacks, maps and all iterations (debugging).
+    Returns the info dict that is also written to corpus_job.json."""
+    t_start = time.time()
+    s = resolve_spec(spec)
+    os.makedirs(proj_dir, exist_ok=True)
+    P = lambda *a: os.path.join(proj_dir, *a)  # noqa: E731
+    os.makedirs(P("Simulated", "Particles"), exist_ok=True)
+    rng = np.random.default_rng(int(s["seed"]))
+    optics = Optics.from_spec(s)
+    # the stages draw from one generator, in this order: the same seed gives the same job
+    maps = make_maps(s, optics, rng, P, log)
+    mics = draw_micrographs(s, rng)
+    views = draw_orientations(s, optics, mics, rng, P)
+    noise = project_with_relion(s, optics, maps, views, P, log)
+    items, measured = make_images(s, optics, maps, mics, views, noise, rng, P)
+    truth = write_particles(items, optics, mics, rng, P)
+    del items
+    counts = dict(Counter(t["kind"] for t in truth))
+    log(f"  particles: {len(truth)} {counts}; noise sd measured {measured:.4g}")
+    cmd, t_refine = classify(proj_dir, s, maps.mask_diameter_A, rng, relion_timeout, log)
+    it = int(s["n_iter"])
+    class_rows = analyse_and_clean(proj_dir, it, keep, log)
+    box_px, pixel_size_A = optics.box_px, optics.pixel_size_A
     info = dict(
-        spec=s, split=s["split"], protein=s["protein"], map=map_info, box=box, angpix=apix,
-        box_A=round(box * apix, 1), snr=float(s["snr"]), noise_sigma=sigma, signal_var=sig_var,
-        noise_sigma_measured=measured, counts=counts, n_particles=len(truth),
-        junk_fraction=round(1 - counts.get("good", 0) / len(truth), 4), K=K, n_iter=it,
+        spec=s, split=s["split"], protein=s["protein"], map=maps.info, box=box_px, angpix=pixel_size_A,
+        box_A=round(box_px * pixel_size_A, 1), snr=float(s["snr"]), noise_sigma=noise.sigma,
+        signal_var=noise.signal_var, noise_sigma_measured=measured, counts=counts, n_particles=len(truth),
+        junk_fraction=round(1 - counts.get("good", 0) / len(truth), 4), K=int(s["K"]), n_iter=it,
         classifier=s["classifier"], relion_command=" ".join(cmd),
         relion_version=relion_version() if s["classifier"] == "relion" else "none (quickclass, not RELION)",
-        seconds_project=round(t_project, 1), seconds_refine=round(t_refine, 1),
-        seconds_total=round(time.time() - t_start, 1), class_summary=summ,
+        seconds_project=round(noise.seconds, 1), seconds_refine=round(t_refine, 1),
+        seconds_total=round(time.time() - t_start, 1), class_summary=class_summary(class_rows),
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         note=(("relion_refine was run directly from the project root (not through relion_pipeliner); "
                if s["classifier"] == "relion" else
@@ -420,14 +595,14 @@ def build_project(spec, proj_dir, log=print, relion_timeout=None, keep=False):
     return info
 
 
-def _relion_class2d(proj_dir, s, mask_d, relion_timeout):
+def _relion_class2d(proj_dir, s, mask_diameter_A, relion_timeout):
     """Run relion_refine 2D classification from the project root; returns the command (list)."""
     P = lambda *a: os.path.join(proj_dir, *a)  # noqa: E731
     K, it = int(s["K"]), int(s["n_iter"])
     cmd = ["relion_refine", "--o", "Class2D/job002/run", "--i", "Import/job001/particles.star",
            "--dont_combine_weights_via_disc", "--preread_images", "--pool", str(int(s["pool"])), "--pad", "2",
            "--ctf", "--iter", str(it), "--tau2_fudge", f"{float(s['tau2_fudge']):g}",
-           "--particle_diameter", f"{mask_d:.0f}", "--K", str(K), "--flatten_solvent", "--zero_mask",
+           "--particle_diameter", f"{mask_diameter_A:.0f}", "--K", str(K), "--flatten_solvent", "--zero_mask",
            "--oversampling", "1", "--psi_step", f"{float(s['psi_step']):g}", "--offset_range",
            f"{float(s['offset_range']):g}", "--offset_step", f"{float(s['offset_step']):g}",
            "--allow_coarser_sampling", "--norm", "--scale", "--j", str(int(s["threads"]))]

@@ -41,10 +41,11 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from ranker.develop.simulate.files import load_mrc, save_mrc, write_star
 from ranker.develop.simulate.optics import ctf2d
-from ranker.runtime.star import format_block, read_star
-from ranker.runtime.star import write_star as write_star_blocks
+from ranker.runtime.fourier import resize_map
+from ranker.runtime.geometry import soft_circle_mask
+from ranker.runtime.mrc import read_stack, write_mrc
+from ranker.runtime.star import format_block, read_star, write_star
 
 ALIGN_PX = 48              # alignment search box (px); bigger boxes are Fourier-cropped to this
 ROT_STEP_DEG = 10.0
@@ -53,21 +54,7 @@ ACCURACY_PARTICLES = 3.0   # noise of this many particles sets the accuracy scal
 MIX_AT_SNR_0_1 = (0.05, 0.30)  # job-level fraction of particles put in another group's class
 
 
-def _fourier_crop(img, m):
-    n = img.shape[-1]
-    if m >= n:
-        return img
-    F = np.fft.fftshift(np.fft.fft2(img), axes=(-2, -1))
-    c = n // 2
-    F = F[..., c - m // 2:c + m // 2, c - m // 2:c + m // 2]
-    return np.real(np.fft.ifft2(np.fft.ifftshift(F, axes=(-2, -1)))) * (m / n) ** 2
-
-
-def _soft_circle(n, radius_px, edge_px=5.0):
-    y, x = np.indices((n, n)) - n // 2
-    r = np.hypot(x, y)
-    m = np.clip((radius_px + edge_px - r) / edge_px, 0, 1)
-    return 0.5 - 0.5 * np.cos(np.pi * m)
+MASK_EDGE_PX = 5           # soft edge of the class-average mask, as RELION's --width_mask_edge
 
 
 def _shell_index(n):
@@ -120,7 +107,7 @@ class _Particles:
         star = read_star(os.path.join(proj_dir, "Import", "job001", "particles.star"))
         self.optics_cols, self.optics_rows = star["optics"].labels, star["optics"].rows
         o = dict(zip(self.optics_cols, self.optics_rows[0]))
-        self.angpix = float(o["rlnImagePixelSize"])
+        self.pixel_size_A = float(o["rlnImagePixelSize"])
         self.kv, self.cs, self.q0 = (float(o[k]) for k in ("rlnVoltage", "rlnSphericalAberration",
                                                              "rlnAmplitudeContrast"))
         self.cols, self.rows = star["particles"].labels, star["particles"].rows
@@ -130,7 +117,7 @@ class _Particles:
         for r in self.rows:
             i, path = r[c["rlnImageName"]].split("@", 1)
             if path not in stacks:
-                stacks[path] = load_mrc(os.path.join(proj_dir, path))
+                stacks[path] = read_stack(os.path.join(proj_dir, path))
             imgs.append(stacks[path][int(i) - 1])
         self.images = np.asarray(imgs, np.float32)
         self._ctf = {}
@@ -146,7 +133,7 @@ class _Particles:
             du = dv = 0.5 * (du + dv)
         key = (n, round_, du, dv, da)
         if key not in self._ctf:
-            self._ctf[key] = ctf2d(n or self.images.shape[-1], self.angpix, du, dv, da, self.kv, self.cs, self.q0)
+            self._ctf[key] = ctf2d(n or self.images.shape[-1], self.pixel_size_A, du, dv, da, self.kv, self.cs, self.q0)
         return self._ctf[key]
 
 
@@ -181,7 +168,7 @@ def _flip(P, members, m):
     out = np.empty((len(members), m, m))
     for j, i in enumerate(members):
         f = np.real(np.fft.ifft2(np.fft.fft2(P.images[i]) * np.sign(P.ctf(i))))
-        out[j] = _fourier_crop(f, m)
+        out[j] = resize_map(f, m) if m < f.shape[-1] else f
     return out
 
 
@@ -278,7 +265,7 @@ def _map_average(raw, den, noise_F, tau2_fudge, n_iter, limit_shell, mask):
     return img * mask, ssnr
 
 
-def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
+def _accuracies(avg, ctf2_sum, n_members, pixel_size_A, noise_var):
     """(rotation deg, translation A): smallest change of the class average whose CTF-weighted
     power exceeds the noise of ACCURACY_PARTICLES particles (999 when none does)."""
     n = avg.shape[0]
@@ -298,7 +285,7 @@ def _accuracies(avg, ctf2_sum, n_members, angpix, noise_var):
     tr = 999.0
     for d in np.arange(0.1, 20.01, 0.1):
         if 0.5 * (chi2(F * np.exp(-2j * np.pi * FX * d)) + chi2(F * np.exp(-2j * np.pi * FY * d))) > 1:
-            tr = float(d) * angpix
+            tr = float(d) * pixel_size_A
             break
     return rot, tr
 
@@ -307,7 +294,7 @@ def _optimiser_general(it, mask_d_A, acc_rot, acc_tr):
     return dict(rlnOutputRootName="Class2D/job002/run", rlnModelStarFile=f"Class2D/job002/run_it{it:03d}_model.star",
                 rlnExperimentalDataStarFile=f"Class2D/job002/run_it{it:03d}_data.star",
                 rlnOrientSamplingStarFile="None", rlnCurrentIteration=it, rlnNumberOfIterations=it,
-                rlnDoSplitRandomHalves=0, rlnParticleDiameter=float(mask_d_A), rlnWidthMaskEdge=5,
+                rlnDoSplitRandomHalves=0, rlnParticleDiameter=float(mask_d_A), rlnWidthMaskEdge=MASK_EDGE_PX,
                 rlnDoZeroMask=1, rlnDoSolventFlattening=1, rlnDoAutoRefine=0, rlnDoSkipAlign=0,
                 rlnOverallAccuracyRotations=float(acc_rot), rlnOverallAccuracyTranslationsAngst=float(acc_tr),
                 rlnDoCorrectNorm=1, rlnDoCorrectScale=1, rlnDoCorrectCtf=1, rlnDoIgnoreCtfUntilFirstPeak=0,
@@ -331,8 +318,8 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     m -= m % 2
     scale = n / m
     max_shift = float(s["offset_range"]) / scale + 1
-    mask = _soft_circle(n, mask_d_A / 2 / P.angpix)
-    mask_m = _soft_circle(m, mask_d_A / 2 / P.angpix / scale)
+    mask = soft_circle_mask(n, mask_d_A / 2 / P.pixel_size_A, MASK_EDGE_PX)
+    mask_m = soft_circle_mask(m, mask_d_A / 2 / P.pixel_size_A / scale, MASK_EDGE_PX)
     psi = np.array([float(t["psi"]) if t["kind"] == "good" and t["psi"] not in ("", None) else np.nan
                     for t in P.truth])
     # which sense of psi undoes the in-plane rotation (checked on the biggest good group)
@@ -348,7 +335,7 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     images = np.zeros((K, n, n))
     poses = np.zeros((N, 3))
     loglik = np.zeros(N)
-    background = _soft_circle(n, 0.45 * n, 1) < 0.5
+    background = soft_circle_mask(n, 0.45 * n, 1) < 0.5
     noise_var = float(np.mean([im[background].var() for im in P.images[:200]]))
     rows_classes, ssnr_tabs, acc_all, raws = [], {}, [], {}
     for k in range(1, K + 1):
@@ -386,8 +373,8 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
         images[k - 1] = avg
         ssnr_tabs[k] = ssnr
         res_shell = next((j - 1 for j in range(1, len(ssnr)) if ssnr[j] < 1), len(ssnr) - 1)
-        res_A = n * P.angpix / res_shell if res_shell > 0 else 999.0
-        acc_rot, acc_tr = _accuracies(avg, den, nk, P.angpix, noise_var)
+        res_A = n * P.pixel_size_A / res_shell if res_shell > 0 else 999.0
+        acc_rot, acc_tr = _accuracies(avg, den, nk, P.pixel_size_A, noise_var)
         acc_all.append((nk, acc_rot, acc_tr))
         rows_classes.append((k, nk / N, acc_rot, acc_tr, res_A))
     write_outputs(proj_dir, P, it, K, cls, poses * [1, scale, scale], loglik, images, rows_classes, ssnr_tabs,
@@ -405,14 +392,14 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
     os.makedirs(d, exist_ok=True)
     root = os.path.join(d, f"run_it{it:03d}")
     n = images.shape[-1]
-    save_mrc(root + "_classes.mrcs", images.astype(np.float32), P.angpix)
+    write_mrc(root + "_classes.mrcs", images.astype(np.float32), P.pixel_size_A)
     wsum = sum(c for c, _, _ in acc_all) or 1
     acc_rot = sum(c * min(r, 999) for c, r, _ in acc_all) / wsum
     acc_tr = sum(c * min(t, 999) for c, _, t in acc_all) / wsum
     blocks = [_general_block("model_general", dict(
         rlnReferenceDimensionality=2, rlnDataDimensionality=2, rlnOriginalImageSize=n,
         rlnCurrentResolution=float(min(r[4] for r in rows_classes)), rlnCurrentImageSize=n, rlnPaddingFactor=2.0,
-        rlnIsHelix=0, rlnPixelSize=float(P.angpix), rlnNrClasses=K, rlnNrBodies=1, rlnNrGroups=1,
+        rlnIsHelix=0, rlnPixelSize=float(P.pixel_size_A), rlnNrClasses=K, rlnNrBodies=1, rlnNrGroups=1,
         rlnTau2FudgeFactor=float(tau2_fudge)))]
     mc = ["rlnReferenceImage", "rlnClassDistribution", "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst",
           "rlnEstimatedResolution", "rlnOverallFourierCompleteness", "rlnClassPriorOffsetX", "rlnClassPriorOffsetY"]
@@ -424,17 +411,19 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
         ssnr = ssnr_tabs.get(k, np.zeros(nsh))
         blocks.append(format_block(f"model_class_{k}", ["rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution",
                                                         "rlnSsnrMap"],
-                                   [[j, j / (n * P.angpix), (n * P.angpix / j) if j else 999.0, float(ssnr[j])]
-                                    for j in range(nsh)]))
-    write_star_blocks(root + "_model.star", blocks)
+                                   [[j, j / (n * P.pixel_size_A), (n * P.pixel_size_A / j) if j else 999.0,
+                                     float(ssnr[j])] for j in range(nsh)]))
+    write_star(root + "_model.star", blocks)
     pcols = list(P.cols) + ["rlnGroupNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
                             "rlnOriginYAngst", "rlnClassNumber", "rlnNormCorrection", "rlnLogLikeliContribution",
                             "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples"]
     prow = []
     for i, r in enumerate(P.rows):
         a, dy, dx = poses[i]
-        prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.angpix:.6f}", f"{dy * P.angpix:.6f}",
-                               int(cls[i]), "1.000000", f"{loglik[i]:.6e}", "1.000000", 1])
-    write_star(root + "_data.star", [("optics", P.optics_cols, P.optics_rows), ("particles", pcols, prow)])
-    write_star_blocks(root + "_optimiser.star",
-                      [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr))])
+        prow.append(list(r) + [1, "0.000000", "0.000000", f"{a:.6f}", f"{dx * P.pixel_size_A:.6f}",
+                               f"{dy * P.pixel_size_A:.6f}", int(cls[i]), "1.000000", f"{loglik[i]:.6e}",
+                               "1.000000", 1])
+    write_star(root + "_data.star", [format_block("optics", P.optics_cols, P.optics_rows),
+                                     format_block("particles", pcols, prow)])
+    write_star(root + "_optimiser.star",
+               [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr))])

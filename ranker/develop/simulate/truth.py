@@ -7,8 +7,9 @@ import os
 import re
 from collections import Counter, defaultdict
 
-from ranker.develop.simulate.files import load_mrc, read_star_loop
+from ranker.develop.simulate.files import read_star_loop
 from ranker.develop.truth import KINDS, write_class_truth
+from ranker.runtime.mrc import read_stack
 
 
 def analyse_class2d(proj_dir, it):
@@ -48,7 +49,7 @@ def montage(proj_dir, it, rows, out_png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cls = load_mrc(os.path.join(proj_dir, "Class2D", "job002", f"run_it{it:03d}_classes.mrcs"))
+    cls = read_stack(os.path.join(proj_dir, "Class2D", "job002", f"run_it{it:03d}_classes.mrcs"))
     K = len(rows)
     nc = 6 if K <= 24 else 8
     nr = (K + nc - 1) // nc
