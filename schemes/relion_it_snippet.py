@@ -157,9 +157,10 @@ def set_class2d_input(options: dict[str, str], class2d: str) -> None:
 
 
 def rank_job_star(in_part: str, opts: dict | None = None, relion_major: int = 5,
-                  template: str = TEMPLATE) -> str:
+                  template: str = TEMPLATE, params: dict | None = None) -> str:
     """The External job.star for ``in_part`` (a Class2D job directory, or a ``run_itNNN_data.star``)
-    with ``opts`` (:data:`RANK_OPTIONS` names) applied to the template's params."""
+    with ``opts`` (:data:`RANK_OPTIONS` names) applied to the template's params, and ``params``
+    (any ranker option without its ``--``: value) set as params too."""
     merged = dict(RANK_OPTIONS)
     merged.update(opts or {})
     header, options = read_job_star(template)
@@ -169,6 +170,8 @@ def rank_job_star(in_part: str, opts: dict | None = None, relion_major: int = 5,
         value = merged.get(f"rank_{name}")
         if value is not None:
             _set_param(options, name, value)
+    for name, value in (params or {}).items():
+        _set_param(options, name, value)
     if merged.get("rank_nr_threads") is not None:
         options["nr_threads"] = str(merged["rank_nr_threads"])
     if merged.get("rank_other_args") is not None:

@@ -3,6 +3,7 @@ checked against RELION-5's Schemer source (tests/scheme_check.py lists the facts
 emulator of the Schemer's loop. No RELION 4/5 binaries: what only they can show is listed in
 schemes/README.md."""
 import os
+import re
 import shutil
 import sys
 
@@ -15,6 +16,7 @@ from ranker.runtime.options import SPEC, parse_options
 SCHEMES = os.path.join(ROOT, "schemes")
 CLEAN2D = os.path.join(SCHEMES, "clean2d")
 sys.path.insert(0, SCHEMES)
+import cleaning_rounds as cr  # noqa: E402
 import relion_it_snippet as snippet  # noqa: E402
 
 INPUT = "Select/job005/particles.star"
@@ -107,3 +109,26 @@ def test_proc_scheme_template_job():
     assert header["rlnJobTypeLabel"] == "relion.external"
     assert set(opts) <= sc.JOB_OPTIONS["relion.external"]
     assert opts["in_part"] == "" and opts["param7_value"] == "Schemes/proc/class2d/"
+
+
+def test_write_scheme_fills_the_variables(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cr.main(["--write_scheme", "--in_parts", "Extract/job007/particles.star", "--K", "20", "--rounds", "4",
+                    "--stop_fraction", "0.95", "--min_score", "0.4", "--algorithm", "vdam", "--iter", "100",
+                    "--particle_diameter", "160", "--threads", "8", "--fn_exe", "/opt/rank/relion_external_rank.py"]) == 0
+    target = tmp_path / "Schemes" / "clean2d"
+    assert sc.check(str(target)) == []
+    s = sc.load(str(target))
+    assert s["strings"]["parts_in"] == ("Extract/job007/particles.star",) * 2
+    for var, value in {"nr_classes": 20, "max_rounds": 4, "stop_fraction": 0.95, "min_score": 0.4,
+                       "nr_iter_grad": 100, "mask_diameter": 160, "nr_threads": 8}.items():
+        assert s["floats"][var] == (value, value), var
+    _h, rank = snippet.read_job_star(str(target / "rank" / "job.star"))
+    assert rank["fn_exe"] == "/opt/rank/relion_external_rank.py"
+    run = sc.Emulated(str(target), {"Extract/job007/particles.star": 500}, keep=lambda r, n: n // 2).run()
+    assert [r["kept"] for r in run.rounds()] == [250, 125, 62]  # 62 < min_nr_parts 100: stop before round 4
+    assert run.bools["too_few"] and not run.bools["at_max_rounds"]
+    # another name: every Schemes/clean2d/ becomes Schemes/NAME/
+    assert cr.main(["--write_scheme", "clean_b", "--in_parts", "Extract/job007/particles.star"]) == 0
+    assert sc.check(str(tmp_path / "Schemes" / "clean_b")) == []
+    assert "Schemes/clean2d/" not in re.sub(r"\s+", " ", (tmp_path / "Schemes" / "clean_b" / "scheme.star").read_text())
