@@ -353,8 +353,9 @@ def simulate_particles(root: str, n_good: int = 180, n_noise: int = 60, n_blobs:
 # --------------------------------------------------------------------------------------------
 def build_project(root: str, n_good: int = 180, n_noise: int = 60, n_blobs: int = 60, n_classes: int = 4,
                   n_iter: int = 3, box: int = 64, angpix: float = 3.5, mask_diameter_A: float = 190,
-                  seed: int = 1, log=None) -> Project:
-    """Simulate particles, then Import + Class2D through ``relion_pipeliner`` (see module docstring)."""
+                  seed: int = 1, log=None, classify: bool = True) -> Project:
+    """Simulate particles, then Import + Class2D through ``relion_pipeliner`` (see module docstring).
+    ``classify=False``: Import only (``class2d_job`` is empty)."""
     log = log or (lambda text: None)
     os.makedirs(root, exist_ok=True)
     t0 = time.perf_counter()
@@ -366,6 +367,9 @@ def build_project(root: str, n_good: int = 180, n_noise: int = 60, n_blobs: int 
                                    "node_type": "Particles STAR file (.star)"})
     run_job(root, imp, timeout=120)
     _require_success(root, imp)
+    if not classify:
+        return Project(root=root, class2d_job="", iteration=0, n_particles=counts["n_particles"], n_good=n_good,
+                       angpix=angpix, box=box, mask_diameter_A=mask_diameter_A)
     t1 = time.perf_counter()
     c2d = add_job(root, "Class2D", {
         "fn_img": f"{imp}particles.star", "nr_classes": n_classes, "nr_iter": n_iter,

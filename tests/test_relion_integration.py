@@ -118,21 +118,25 @@ def test_scheme_job_star_parses_and_names_valid_options():
     values = blocks["joboptions_values"]
     opts = dict(zip(values.column("rlnJobOptionVariable"), values.column("rlnJobOptionValue")))
     assert opts["fn_exe"].endswith("/relion_external_rank.py")
-    assert opts["in_part"].endswith("_data.star") and opts["in_part"].startswith("Schemes/")
     assert "in_optimiser" not in opts  # not a RELION job option (rejected: "Job does not contain label")
     labels = {opts[f"param{i}_label"]: opts[f"param{i}_value"] for i in range(1, 11) if opts[f"param{i}_label"]}
     assert {"min_score", "select_min_nr_particles"} <= set(labels)
+    # the Class2D job directory of RELION's proc Scheme, never an iteration (4/5 VDAM writes run_it200),
+    # as a param: RELION cannot register a directory given as in_part as a pipeline node
+    assert opts["in_part"] == "" and labels["in_optimiser"] == "Schemes/proc/class2d/"
+    assert "run_it" not in open(JOB_TEMPLATE).read()
     assert set(labels) <= set(SPEC) - {"o", "j", "pipeline_control", "in_parts"}
     for label, value in labels.items():
         # RELION passes an empty value as a bare flag: only flags may be empty
         assert value != "" or SPEC[label][1] == "flag", label
     # the command RELION builds from this job.star is accepted by our parser
-    argv = ["--o", "External/job012/", "--in_parts", opts["in_part"]]
+    argv = ["--o", "External/job012/"]
     for label, value in labels.items():
         argv += [f"--{label}"] + ([value] if value != "" else [])
     argv += ["--j", opts["nr_threads"]] + shlex.split(opts["other_args"]) + ["--pipeline_control", "External/job012/"]
     parsed = parse_options(argv)
-    assert parsed.in_parts == opts["in_part"] and parsed.threads == int(opts["nr_threads"])
+    assert parsed.in_optimiser == "Schemes/proc/class2d/" and parsed.in_parts is None
+    assert parsed.threads == int(opts["nr_threads"])
     assert parsed.min_score == float(labels["min_score"])
     assert parsed.select_min_nr_particles == int(labels["select_min_nr_particles"])
     assert parsed.relative_thresholds is False
@@ -158,25 +162,42 @@ def test_snippet_job_star_for_each_relion_version(tmp_path, major):
     assert opts["other_args"] == "--model /opt/w.pt --write_features" and opts["nr_threads"] == "4"
     labels = {opts[f"param{i}_label"]: opts[f"param{i}_value"] for i in range(1, 11) if opts[f"param{i}_label"]}
     assert labels["min_score"] == "auto" and labels["select_min_nr_particles"] == "3000"
+    assert "in_optimiser" not in labels  # the template's Scheme directory is dropped for a data.star input
     # same template options otherwise
     _h, template = snippet.read_job_star(JOB_TEMPLATE)
     assert set(opts) == set(template)
+
+
+@pytest.mark.parametrize("given", ["Class2D/job008/", "Class2D/job008"])
+def test_snippet_puts_a_class2d_directory_in_a_param(tmp_path, given):
+    """A job directory is passed as the param in_optimiser (the job ranks its final iteration), with
+    in_part empty: RELION touches .Nodes/<type>/<in_part> for input nodes, which fails for a directory."""
+    path = tmp_path / "job.star"
+    path.write_text(snippet.rank_job_star(given, {"rank_exe": "/opt/rank/relion_external_rank.py"}, relion_major=3))
+    _h, opts = snippet.read_job_star(str(path))
+    labels = {opts[f"param{i}_label"]: opts[f"param{i}_value"] for i in range(1, 11) if opts[f"param{i}_label"]}
+    assert opts["in_part"] == "" and labels["in_optimiser"] == "Class2D/job008/"
+    assert parse_options(["--o", "External/job009/", "--in_optimiser", labels["in_optimiser"]]).in_optimiser \
+        == "Class2D/job008/"
 
 
 def test_snippet_prepares_a_scheme_job(tmp_path, monkeypatch, capsys):
     path = snippet.prepare_scheme_job("proc", "rank_parts", project=str(tmp_path))
     assert path == str(tmp_path / "Schemes" / "proc" / "rank_parts" / "job.star")
     _h, opts = snippet.read_job_star(path)
-    assert opts["in_part"] == "Schemes/proc/class2d/run_it100_data.star"
+    assert opts["in_part"] == "" and (opts["param7_label"], opts["param7_value"]) == ("in_optimiser",
+                                                                                    "Schemes/proc/class2d/")
     assert opts["fn_exe"] == snippet.DEFAULT_EXE and os.path.exists(snippet.DEFAULT_EXE)
     # the command-line form, into another Scheme
     monkeypatch.chdir(tmp_path)
     assert snippet.main(["--scheme", "auto2d", "--scheme_job", "rank", "--min_score", "0.4"]) == 0
     header, opts = snippet.read_job_star("Schemes/auto2d/rank/job.star")
     assert header["rlnJobTypeLabel"] == "relion.external"
-    assert opts["in_part"] == "Schemes/auto2d/class2d/run_it100_data.star"
+    assert opts["in_part"] == "" and opts["param7_value"] == "Schemes/auto2d/class2d/"
     assert (opts["param1_label"], opts["param1_value"]) == ("min_score", "0.4")
-    assert "relion_pipeliner --addJobFromStar Schemes/auto2d/rank/job.star" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Schemes/auto2d/rank/job.star" in out and "relion_schemer --scheme auto2d --reset" in out
+    assert "addJobFromStar" not in out  # not needed in a Scheme (RELION 5.0.x ran a one-job Scheme without it)
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,6 +328,38 @@ def test_snippet_adds_template_job_from_star_and_runs_it(project, test_model):
                        "--select_min_nr_particles", "-1", "--select_min_nr_classes", "-1",
                        "--relative_thresholds", "false", "--device", "auto", "--j", "1",
                        "--model", test_model, "--pipeline_control", jobdir]
+
+
+@relion
+def test_snippet_runs_the_job_on_a_class2d_directory(project, test_model):
+    """The iteration-free form Schemes and scripts use: the Class2D job directory, as param in_optimiser."""
+    root = project.root
+    wrapper = rp.write_wrapper(root, EXE)
+    jobdir = snippet.add_rank_job(project.class2d_job, {"rank_exe": wrapper, "rank_min_score": 0,
+                                                        "rank_nr_threads": 1,
+                                                        "rank_other_args": f"--model {test_model}"}, project=root)
+    rp.run_job(root, jobdir, timeout=300)
+    pipe = assert_succeeded(root, jobdir)
+    assert_our_nodes(root, jobdir, pipe)
+    cmd = command_of(root, jobdir)
+    assert "--in_parts" not in cmd and cmd[cmd.index("--in_optimiser") + 1] == project.class2d_job
+    with open(os.path.join(root, jobdir, "run.out")) as fh:
+        out = fh.read()
+    assert f"Class2D job directory {project.class2d_job}: ranking its final iteration, {project.iteration}" in out
+    assert not [e for e in pipe["input_edges"] if e[1] == jobdir]  # a param is no input edge
+
+
+@relion
+def test_relion_cannot_take_a_directory_as_in_part(project):
+    """Why the directory goes into a param: RELION 3.1.3 registers in_part as a node and touches
+    .Nodes/3/<in_part>, which fails for an existing directory (RELION 4/5: same addNode code)."""
+    root = project.root
+    header, options = snippet.read_job_star(JOB_TEMPLATE)
+    options["in_part"] = project.class2d_job
+    text = snippet.write_job_star({"rlnJobType": "99", "rlnJobIsContinue": "0"}, options)
+    with pytest.raises(RuntimeError, match="Filename::touch ERROR: Cannot open file: .Nodes/3/" + project.class2d_job):
+        snippet.add_job_from_star(text, project=root)
+    assert not os.path.exists(os.path.join(root, ".relion_lock"))  # cleared, the next call does not wait
 
 
 # ------------------------------------------------------------------------------------------
