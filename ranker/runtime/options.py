@@ -42,7 +42,8 @@ _IGNORED = ("in_mics", "in_movies", "in_coords", "in_3dref", "in_mask")
 # name -> (Options attribute, converter name, help)
 SPEC = {
     "o": ("out_dir", "str", "output (job) directory, e.g. External/job012/"),
-    "in_optimiser": ("in_optimiser", "str", "Class2D run_itNNN_optimiser.star"),
+    "in_optimiser": ("in_optimiser", "str", "Class2D run_itNNN_optimiser.star, or a Class2D job directory (its final "
+                     "iteration is ranked; as a param, what a Scheme or pipeline can name)"),
     "in_parts": ("in_parts", "str", "Class2D run_itNNN_data.star (optimiser/model read beside it), or a Class2D "
                  "job directory (its final iteration is ranked)"),
     "j": ("threads", "int", "threads for numpy/torch (RELION always passes it)"),
