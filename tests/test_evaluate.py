@@ -53,3 +53,33 @@ def test_evaluate_reports_the_models_error_near_the_cut(monkeypatch):
     assert r["near_cut_error"]["classes"] == 1
     assert r["near_cut_error"]["rms_weighted"] == pytest.approx(88 / 157 - 0.5, abs=1e-4)
     assert "score - purity on classes 35-65 % real (1): RMS 0.061" in evalmod.to_markdown(r)
+
+
+def test_detail_target_counts_a_featureless_class_of_real_particles_as_junk(tmp_path, monkeypatch):
+    """A 95 %-real class whose resolution is 3x worse than the job's best real class: junk for the
+    'detail' oracle (and a training target near 0), real for the purity-only one."""
+    import shutil
+    from ranker.develop.dataset import from_truth_job
+    from ranker.develop.truth import class_truth_counts, detail, read_class_truth, write_class_truth
+
+    proj = tmp_path / "p"
+    shutil.copytree(SIM, proj)
+    rows = read_class_truth(str(proj))
+    blurry = next(r for r in rows if r["class_number"] == 11)  # 250 of 262 real
+    blurry["rlnEstimatedResolution"] = 3 * 12.631579  # the best real class (5) is at 12.63 A
+    write_class_truth(str(proj), rows)
+    d = detail(read_class_truth(str(proj)))
+    assert d[5] == 1.0 and d[11] == 0.0 and d[18] == 1.0  # class 18 at 15 A: ratio 0.84, fully detailed
+    assert class_truth_counts(str(proj), target="detail")[11][1] == 0
+    assert class_truth_counts(str(proj), target="purity")[11][1] == 250
+    assert class_truth_counts(str(proj), target="detail")[11][2]["featureless real"] == 250
+    labelled = from_truth_job(str(proj), target="detail")
+    i = list(labelled.class_number).index(11)
+    assert labelled.targets[i] == 0 and labelled.n_true[i] == 0
+    assert from_truth_job(str(proj)).targets[i] == pytest.approx(250 / 262, abs=1e-4)
+    # keeping every scored class: the blurry class now costs all its 262 particles (all junk to a user)
+    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.full(len(v), 0.9, np.float32))
+    r = evalmod.evaluate([str(proj)], log=lambda *a: None)
+    assert r["0.5"]["regret"] == pytest.approx((1088 - 120 + 262) / 3850)
+    assert r["purity_only"]["regret"] == pytest.approx((1088 - 120) / 3850)
+    assert "Purity only" in evalmod.to_markdown(r)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ranker.develop.truth import read_class_truth
+from ranker.develop.truth import TARGETS, detail, read_class_truth
 from ranker.runtime.mrc import read_stack
 from ranker.runtime.star import StarError, read_star
 
@@ -119,14 +119,22 @@ def _build(job, parts, fs, targets_by_class, true_by_class, name, split, kind_by
         kind=[(kind_by_class or {}).get(k, "") for k in numbers])
 
 
-def from_truth_job(project_dir: str) -> LabelledClasses:
-    """A labelled RELION project: Class2D job + class_truth.csv (+ corpus_job.json split)."""
+def from_truth_job(project_dir: str, target: str = "purity") -> LabelledClasses:
+    """A labelled RELION project: Class2D job + class_truth.csv (+ corpus_job.json split).
+
+    ``target`` (:data:`ranker.develop.truth.TARGETS`): "purity", the fraction of real particles; or
+    "detail", purity x the class's detail (:func:`ranker.develop.truth.detail`), with the real
+    particles of a featureless class counted as junk in ``n_true``, as the evaluation's oracle does."""
+    if target not in TARGETS:
+        raise StarError(f"unknown training target {target!r}; use one of {', '.join(TARGETS)}")
     try:
         rows = read_class_truth(project_dir)
     except FileNotFoundError as exc:
         raise StarError(str(exc)) from None
-    frac = {r["class_number"]: r["frac_good"] for r in rows}
-    n_good = {r["class_number"]: float(r["n_good"]) for r in rows}
+    weight = detail(rows) if target == "detail" else {}
+    frac = {r["class_number"]: r["frac_good"] * weight.get(r["class_number"], 1.0) for r in rows}
+    n_good = {r["class_number"]: float(r["n_good"]) if weight.get(r["class_number"], 1.0) >= 0.5 else 0.0
+              for r in rows}
     meta_path = os.path.join(project_dir, "corpus_job.json")
     split = json.load(open(meta_path)).get("split", "") if os.path.exists(meta_path) else ""
     job, parts, fs = featurise(find_optimiser(project_dir), project_dir)

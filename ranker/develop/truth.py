@@ -1,9 +1,30 @@
-"""The truth of a labelled RELION project: particle kinds and the per-class table ``class_truth.csv``.
+"""The truth of a labelled RELION project: particle kinds, the per-class table ``class_truth.csv``,
+and what a class is worth to a user.
 
 ``class_truth.csv`` (one row per class of the Class2D job, written by :mod:`ranker.develop.simulate`
 and shipped with the fixtures) has ``class_number``, ``n_particles``, ``n_good``, ``frac_good``
 (n_good / n_particles; empty for an empty class), ``majority_kind`` and ``n_<kind>`` for every junk
-kind, plus RELION's per-class values. This module is its one reader and writer.
+kind, plus RELION's per-class values (``rlnEstimatedResolution``, A). This module is its one reader
+and writer.
+
+**Two meanings of "good class"** (:data:`TARGETS`):
+
+* ``purity``: the fraction of real particles in the class (what models up to v3 were trained on);
+* ``detail`` (what a careful user means, and RELION's human labels): mostly real particles AND an
+  average that shows the structural detail this job can reach. Detail is read from RELION's own
+  per-class resolution estimate against the job's best real class (the best resolution among classes
+  of more than 10 particles that are >= 50 % real)::
+
+      ratio  = best_resolution_A / resolution_A              (1 for the best class, < 1 for blurrier)
+      detail = clip((ratio - DETAIL_NONE) / (DETAIL_FULL - DETAIL_NONE), 0, 1)
+      target = purity * detail                                  (the training target)
+
+  With DETAIL_FULL = 0.6 and DETAIL_NONE = 0.4 a class within 1.67x of the best resolution counts as
+  fully detailed and one 2.5x worse or more as featureless (detail 0). For the class-level oracle a
+  class of real particles whose detail is below 0.5 (resolution more than 2x worse than the best)
+  is *featureless*: its real particles count as junk (a user would not keep it: they do not align).
+  Junk classes stay junk whatever their resolution (RELION estimates a pure-noise class, aligned to
+  itself, at about the best class's resolution).
 """
 
 from __future__ import annotations
@@ -54,15 +75,52 @@ def write_class_truth(project: str, rows: list[dict]) -> str:
     return path
 
 
-def class_truth_counts(project: str, ignore_kinds=()) -> dict:
-    """All non-empty classes of a job, {class number: (n_particles, n_true, {junk kind: n})}, leaving
-    out the particles of ``ignore_kinds`` (e.g. "partial")."""
+TARGETS = ("purity", "detail")
+DETAIL_FULL, DETAIL_NONE = 0.6, 0.4  # ratios best_resolution / resolution (see the module docstring)
+SCORED_MIN_PARTICLES = 10  # the job scores only classes with more particles (RELION's rule)
+
+
+def detail(rows: list[dict]) -> dict:
+    """{class number: detail in [0, 1]} of a job's truth rows (:func:`read_class_truth`); 1 where the
+    resolution is unknown, nan-free. See the module docstring for the formula."""
+    def resolution(r):
+        try:
+            value = float(r.get("rlnEstimatedResolution") or "nan")
+        except ValueError:
+            return math.nan
+        return value if value > 0 else math.nan
+
+    real = [resolution(r) for r in rows
+            if r["n_particles"] > SCORED_MIN_PARTICLES and r["frac_good"] >= 0.5 and math.isfinite(resolution(r))]
+    best = min(real) if real else math.nan
     out = {}
-    for r in read_class_truth(project):
+    for r in rows:
+        res = resolution(r)
+        if not (math.isfinite(res) and math.isfinite(best)):
+            out[r["class_number"]] = 1.0
+            continue
+        ratio = best / res
+        out[r["class_number"]] = min(1.0, max(0.0, (ratio - DETAIL_NONE) / (DETAIL_FULL - DETAIL_NONE)))
+    return out
+
+
+def class_truth_counts(project: str, ignore_kinds=(), target: str = "purity") -> dict:
+    """All non-empty classes of a job, {class number: (n_particles, n_true, {junk kind: n})}, leaving
+    out the particles of ``ignore_kinds`` (e.g. "partial"). With ``target="detail"`` the real particles
+    of a featureless class (detail < 0.5) count as junk (n_true 0), as a user would judge it."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    rows = read_class_truth(project)
+    usable = detail(rows) if target == "detail" else {}
+    out = {}
+    for r in rows:
         n = r["n_particles"] - sum(r[f"n_{k}"] for k in ignore_kinds)
         if n > 0:
             kinds = {k: float(r[f"n_{k}"]) for k in JUNK_KINDS if k not in ignore_kinds}
-            out[r["class_number"]] = (float(n), float(r["n_good"]), kinds)
+            n_true = float(r["n_good"])
+            if usable.get(r["class_number"], 1.0) < 0.5:
+                kinds["featureless real"], n_true = n_true, 0.0
+            out[r["class_number"]] = (float(n), n_true, kinds)
     return out
 
 

@@ -28,28 +28,42 @@ import numpy as np
 
 from ranker.develop.dataset import from_truth_job
 from ranker.develop.metrics import roc_auc, selection_vs_oracle
-from ranker.develop.truth import JUNK_KINDS, class_truth_counts
+from ranker.develop.truth import JUNK_KINDS, TARGETS, class_truth_counts
 from ranker.runtime.threshold import auto_threshold
 
 
 NEAR_CUT = 0.15  # a class within 15 points of the oracle's 50 % cut counts as "near the cut"
 
 
-def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, use_context=True) -> dict:
+def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, use_context=True,
+             target: str = "detail") -> dict:
+    """Score every job once, then the figures under ``target`` (:data:`ranker.develop.truth.TARGETS`)
+    and, beside them, the purity-only AUC and regret."""
     from ranker.runtime.model import load_model
 
     ranker = load_model(model_path, device="cpu")
     if tta is not None:
         ranker.tta = tta
+    scored = {}
+    for project in projects:
+        data = from_truth_job(project)
+        scored[project] = dict(zip(data.class_number, ranker.score_job(data.vectors, data.images, use_context)))
+    result = figures(scored, ignore_kinds, target)
+    result.update(model=ranker.path, tta=ranker.tta, job_context=ranker.job_context if use_context else None)
+    if target != "purity":
+        purity = figures(scored, ignore_kinds, "purity")
+        result["purity_only"] = {"pooled_auc": purity["pooled_auc"], "regret": purity["0.5"]["regret"]}
+    return result
+
+
+def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
+    """The evaluation figures of scores already made, {project: {class number: score}}."""
     per_job, pooled_scores, pooled_purity, pooled_n = [], [], [], []
     sums = {"0.5": {}, "auto": {}}
     missed = dict.fromkeys(JUNK_KINDS, 0.0)  # junk in classes the oracle removes but 0.5 keeps
     near = dict.fromkeys(("junk_near", "junk_far", "true_near", "true_far"), 0.0)  # misses at 0.5 by purity
-    for project in projects:
-        data = from_truth_job(project)
-        scores = ranker.score_job(data.vectors, data.images, use_context)
-        by_class = dict(zip(data.class_number, scores))
-        classes = class_truth_counts(project, ignore_kinds)
+    for project, by_class in scored.items():
+        classes = class_truth_counts(project, ignore_kinds, target)
         numbers = sorted(classes)
         n = np.array([classes[k][0] for k in numbers])
         t = np.array([classes[k][1] for k in numbers])
@@ -58,7 +72,7 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
         for k, keep, pure, n_k, t_k in zip(numbers, s >= 0.5, purity, n, t):
             if keep and pure < 0.5:
                 for kind, count in classes[k][2].items():
-                    missed[kind] += count
+                    missed[kind] = missed.get(kind, 0.0) + count
                 near["junk_near" if pure >= 0.5 - NEAR_CUT else "junk_far"] += n_k - t_k
             elif not keep and pure >= 0.5:
                 near["true_near" if pure < 0.5 + NEAR_CUT else "true_far"] += t_k
@@ -78,9 +92,8 @@ def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, us
         pooled_n += list(n[scored])
     ps, pp, pn = map(np.array, (pooled_scores, pooled_purity, pooled_n))
     clear = (pp >= 0.8) | (pp <= 0.2)
-    result = {"jobs": per_job, "pooled_auc": roc_auc(ps[clear], pp[clear] >= 0.8), "model": ranker.path,
-              "tta": ranker.tta, "ignored": list(ignore_kinds),
-              "job_context": ranker.job_context if use_context else None}
+    result = {"jobs": per_job, "pooled_auc": roc_auc(ps[clear], pp[clear] >= 0.8), "ignored": list(ignore_kinds),
+              "target": target}
     for name in sums:
         tot = sums[name]
         result[name] = {"true_kept_vs_oracle": tot["true_kept"] / max(tot["oracle_true_kept"], 1),
@@ -126,6 +139,14 @@ def to_markdown(r: dict) -> str:
                    f"{b['threshold']:.2f} | {b['true_kept_vs_oracle']:.3f} / {b['junk_removed_vs_oracle']:.3f} |")
     if r.get("ignored"):
         out += ["", f"Particles of kind {', '.join(r['ignored'])} are left out of every count and purity."]
+    if r.get("target") == "detail":
+        out += ["", "Target `detail` (ranker.develop.truth): a class counts as real only if its particles are real "
+                "AND its average shows the detail this job reaches (resolution within 2x of the job's best real "
+                "class); the real particles of a featureless class count as junk, for the oracle too."]
+        if r.get("purity_only"):
+            p = r["purity_only"]
+            out += [f"Purity only (every real particle counts as real, the target up to v3): pooled AUC "
+                    f"{p['pooled_auc']:.3f}, regret at 0.5 {100 * p['regret']:.2f} %."]
     out += ["", f"Pooled AUC (good >= 80 % vs bad <= 20 % true particles): **{r['pooled_auc']:.3f}**", "",
             f"Regret at 0.5 (particles decided unlike the class-level oracle beyond its own misplaced ones, "
             f"|true - junk| per class decided otherwise, over all particles): **{100 * r['0.5']['regret']:.2f} %** "
@@ -167,12 +188,15 @@ def add_args(p) -> None:
                    "(e.g. partial: fragments of the complex, which no per-class ranker can tell from a small protein)")
     p.add_argument("--no_job_context", action="store_true", help="score each class alone (the model's "
                    "job-context stage off, as the job's --job_context false)")
+    p.add_argument("--target", choices=TARGETS, default="detail",
+                   help="what a good class is: real particles AND detail the job reaches (default, as a user "
+                        "judges), or purity alone (the fraction of real particles); the other is printed beside")
 
 
 def main(args) -> int:
     kinds = tuple(k for k in args.ignore_kinds.split(",") if k)
     report = to_markdown(evaluate(args.jobs, args.model, tta={"model": None, "on": True, "off": False}[args.tta],
-                                  ignore_kinds=kinds, use_context=not args.no_job_context))
+                                  ignore_kinds=kinds, use_context=not args.no_job_context, target=args.target))
     print(report)
     if args.out:
         open(args.out, "w").write(report)

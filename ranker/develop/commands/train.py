@@ -39,7 +39,7 @@ def load_sources(args) -> LabelledClasses:
     parts = []
     for d in args.jobs or []:
         try:
-            parts.append(from_truth_job(d))
+            parts.append(from_truth_job(d, getattr(args, "target", "purity")))
         except Exception as exc:  # a broken corpus job is reported and skipped
             print(f"skipping {d}: {exc}", file=sys.stderr)
     pairs = list(args.selection or [])
@@ -254,13 +254,19 @@ def write_card(path: str, card: dict) -> None:
         lines.append(f"| calibration | best out-of-fold threshold {c['threshold']:.3f} ({c['folds']} folds) -> "
                      f"logit_shift {c['logit_shift']:+.3f}; out-of-fold agreement with the oracle "
                      f"{c['oof_decision_at_0.5']:.3f} -> {c['oof_decision_at_threshold']:.3f} |")
-    lines += ["", "Target: fraction of true particles in the class (ranker.develop.dataset.purity_target).", ""]
+    target = card.get("target", "purity")
+    lines += ["", f"Target of the labelled jobs: {target} (" + (
+        "fraction of true particles x the detail the class reaches beside the job's best real class; "
+        "ranker.develop.truth" if target == "detail" else "fraction of true particles in the class") + ").", ""]
     with open(base + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
 def add_args(p) -> None:
     p.add_argument("--jobs", nargs="*", help="labelled projects (with class_truth.csv)")
+    p.add_argument("--target", choices=("detail", "purity"), default="detail",
+                   help="training target of --jobs: purity x detail the job reaches (what a user keeps; "
+                        "ranker.develop.truth), or purity alone (v3 and earlier)")
     p.add_argument("--selection", nargs="*", help="OPTIMISER:BACKUP_SELECTION pairs (user's manual selections)")
     p.add_argument("--selection_list", help="file with one OPTIMISER:BACKUP_SELECTION pair per line")
     p.add_argument("--relion_star", nargs="*", help="STAR files in RELION's training layout")
@@ -353,7 +359,8 @@ def main(args) -> int:
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.develop train " + " ".join(getattr(args, "argv", [])),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
-            "weight_by_particles": args.weight_by_particles, "balance_kinds": args.balance_kinds, "tta": args.tta,
+            "weight_by_particles": args.weight_by_particles, "target": args.target,
+            "balance_kinds": args.balance_kinds, "tta": args.tta,
             "image_norm": args.image_norm, "ensemble": args.ensemble, "calibration": calibration,
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
             "n_train_jobs": len(set(np.array(data.job)[train_mask])),
