@@ -34,7 +34,10 @@ else
 fi
 PY=$("$PY" -c 'import sys; print(sys.executable)')
 echo "$PY" > "$HERE/.installed_python"
-rm -rf "$HERE/bin"   # made by earlier versions of this script
+# earlier versions of this script wrote a wrapper here; relion_external_rank.py does its work now
+if grep -qs "Made by install.sh" "$HERE/bin/relion_external_rank.py"; then
+  rm -f "$HERE/bin/relion_external_rank.py"; rmdir "$HERE/bin" 2>/dev/null || true
+fi
 "$HERE/relion_external_rank.py" --version
 if [ "$EXAMPLE" = 1 ]; then
   echo "Running the ranker on the example project (examples/class2d_sim):"
