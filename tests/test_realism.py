@@ -64,7 +64,7 @@ def test_old_spec_gives_the_same_particles(old_job, tmp_path):
         assert np.array_equal(s, stacks[name])
     # class_truth.csv gains n_blob; a file written before it still reads (missing column = 0)
     rows = read_class_truth(old_job)
-    assert all(r["n_blob"] == 0 for r in rows)
+    assert all(r["n_blob"] == 0 and r["n_patch"] == 0 for r in rows)
     text = open(os.path.join(old_job, "class_truth.csv")).read().splitlines()
     header = text[0].split(",")
     i = header.index("n_blob")
@@ -154,17 +154,19 @@ def test_ice_gradient_and_crowding():
 
 
 def test_real_noise_crowded_job_without_ctf_correction(tmp_path, monkeypatch):
-    spec = dict(OLD_SPEC, junk={"noise": 10, "blob": 20}, noise_model="real", ice_gradient=0.3, crowd_frac=0.5,
+    spec = dict(OLD_SPEC, junk={"noise": 10, "blob": 20, "patch": 10}, noise_model="real", ice_gradient=0.3, crowd_frac=0.5,
                 ctf_correct=False)
     proj = str(tmp_path / "job")
     info = sp.build_project(spec, proj, log=lambda m: None, keep=True)
-    assert info["counts"] == {"good": 60, "noise": 10, "blob": 20}
+    assert info["counts"] == {"good": 60, "noise": 10, "blob": 20, "patch": 10}
     assert os.path.exists(os.path.join(proj, "Simulated", "crowd_clean.mrcs"))
     opt = read_star(os.path.join(proj, "Class2D/job002/run_it003_optimiser.star"))["optimiser_general"]
     assert int(float(opt.value("rlnDoCorrectCtf"))) == 0
     truth = list(csv.DictReader(open(os.path.join(proj, "truth.csv"))))
     assert {r["variant"] for r in truth if r["kind"] == "blob"} <= set(sp.BLOB_VARIANTS)
+    assert all(r["variant"].startswith("patch") for r in truth if r["kind"] == "patch")
     assert sum(r["n_blob"] for r in read_class_truth(proj)) == 20
+    assert sum(r["n_patch"] for r in read_class_truth(proj)) == 10
     # relion_refine is asked for no CTF correction (command captured, not run)
     seen = {}
 
@@ -220,3 +222,19 @@ def test_realism_command_on_a_tiny_input(old_job, tmp_path):
         assert main(["realism", "--realdata", realdata, "--write_noise_spectrum", str(spec_csv)]) == 0
     freq, power = real_spectrum(str(spec_csv))
     assert len(freq) == 65 and power[1:].mean() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_real_patch_junk_is_real_and_resized():
+    from ranker.develop.simulate.noise import real_patches
+
+    patches = real_patches()
+    assert patches.shape[1:] == (64, 64) and len(patches) > 100
+    prov = list(csv.DictReader(open(os.path.join(os.path.dirname(sp.__file__), "data", "real_junk_patches.csv"))))
+    assert len(prov) == len(patches)
+    assert not [r for r in prov if "empiar" in r["source"].lower() or "10017" in r["source"]]  # evaluation only
+    for n in (48, 96):
+        c = _canvas(n=n)
+        c.noise = lambda: np.zeros((c.n, c.n))
+        img, extra = sp.real_patch_junk(c, 0)
+        assert img.shape == (n, n) and extra["variant"].startswith("patch")
+        assert img.std() == pytest.approx(c.signal_sd * c.junk_contrast * 2, rel=0.55)

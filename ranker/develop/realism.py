@@ -425,3 +425,53 @@ def class_table(sim: dict, real: dict | None, real_name: str = "real") -> str:
     lines.append("| **median** | " + " | ".join(f"**{np.nanmedian(dist[c[0]]):.2f}**" for c in cols) + " |")
     lines.append("| **max** | " + " | ".join(f"**{np.nanmax(dist[c[0]]):.2f}**" for c in cols) + " |")
     return "\n".join(lines)
+
+
+# ======================================================================================
+# real junk patches stored for the simulator (junk kind "patch")
+# ======================================================================================
+PATCH_PX = 64
+GRADED_JUNK_SOURCES = ("2Contamination_Aggregate_Crack_Breaking_Drifting", "4Crystalline_ice")
+
+
+def _patch(box: np.ndarray) -> np.ndarray:
+    """A cut box as a stored patch: Fourier-resized to PATCH_PX, background ring (outside 0.75 of
+    the radius) at mean 0, whole patch at sd 1."""
+    b = np.asarray(box, np.float64)
+    if b.shape[-1] != PATCH_PX:
+        b = resize_map(b, PATCH_PX)
+    ring = ~circle_mask(PATCH_PX, 0.75 * PATCH_PX / 2)
+    b = b - b[ring].mean()
+    return b / max(b.std(), 1e-9)
+
+
+def real_junk_patches(realdata: str, per_image: int = 4):
+    """(patches (N, 64, 64) float32, provenance rows) of real junk, dense = bright: boxes of 32, 48
+    and 64 px centred on the densest blobs of the graded contamination/aggregate/crack and
+    crystalline-ice examples (``per_image`` per size and image), and 64 and 96 px boxes of the
+    contamination micrograph at its autopick picks on the contamination and at its densest small
+    blobs. No EMPIAR-10017 pixel."""
+    from PIL import Image
+
+    patches, rows = [], []
+    for folder in GRADED_JUNK_SOURCES:
+        for f in sorted(glob.glob(os.path.join(realdata, GRADED, folder, "*.png"))):
+            a = np.asarray(Image.open(f).convert("L"), np.float64)
+            img = -(a - a.mean())
+            for m in (32, 48, 64):
+                for x, y in blob_centres(img, m / 8, per_image, m // 2 + 1):
+                    patches.append(_patch(cut_box(img, x, y, m)))
+                    rows.append((f"{GRADED}/{folder}/{os.path.basename(f)}", round(x), round(y), m))
+    mic = RealMicrograph(realdata)
+    src = f"{CONTAMINATION}/mics/{mic.name}"
+    for m in (64, 96):
+        _good, junk = mic.split_picks(m)
+        for x, y in junk:
+            b = mic.cut(x, y, m)
+            if b is not None:
+                patches.append(_patch(b))
+                rows.append((src + " (autopick on contamination)", round(x), round(y), m))
+        for x, y in blob_centres(mic.image, m / 8, 10, m // 2 + 1):
+            patches.append(_patch(mic.cut(x, y, m)))
+            rows.append((src + " (dense blob)", round(x), round(y), m))
+    return np.stack(patches).astype(np.float32), rows

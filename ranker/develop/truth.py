@@ -13,7 +13,7 @@ import math
 import os
 
 # new kinds go at the END (class_truth.csv columns follow this order; files without a column read as 0)
-KINDS = ("good", "noise", "ice", "edge", "aggregate", "offcentre", "partial", "blob")
+KINDS = ("good", "noise", "ice", "edge", "aggregate", "offcentre", "partial", "blob", "patch")
 JUNK_KINDS = KINDS[1:]
 FILENAME = "class_truth.csv"
 

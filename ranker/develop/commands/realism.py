@@ -2,6 +2,7 @@
 
     python -m ranker.develop realism --sim JOB [JOB ...] [--classes PROJECT ...] [--real_classes PROJECT ...]
     python -m ranker.develop realism --write_noise_spectrum ranker/develop/simulate/data/real_noise_spectrum.csv
+    python -m ranker.develop realism --write_junk_patches ranker/develop/simulate/data/real_junk_patches.npz
 
 ``--sim``: simulated jobs made with ``simulate ... --keep`` (their particle stacks are read): each is
 compared with real boxes of the same extent in A (module :mod:`ranker.develop.realism`: the real
@@ -10,7 +11,9 @@ contamination micrograph's autopick and background boxes, the graded micrograph 
 class-ranker features (+ roundness, high-frequency power) of good (>= 80 % real) and junk (<= 20 %)
 classes. ``--real_classes``: real Class2D projects (e.g. the EMPIAR-10017 fixture), reported for
 EVALUATION only. ``--write_noise_spectrum``: store the real background spectrum the simulator's
-``noise_model: real`` uses (radial power of the contamination micrograph's junk-free background).
+``noise_model: real`` uses (radial power of the contamination micrograph's junk-free background);
+``--write_junk_patches``: store the real junk patches of the simulator's ``patch`` kind (graded
+contamination and crystalline-ice examples, the contamination micrograph; never EMPIAR-10017).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def add_args(p) -> None:
     p.add_argument("--md", default="", help="also write the tables to this Markdown file")
     p.add_argument("--write_noise_spectrum", default="", metavar="CSV",
                    help="measure and write the real background spectrum, then stop")
+    p.add_argument("--write_junk_patches", default="", metavar="NPZ",
+                   help="cut and write the real junk patches of the simulator's 'patch' kind (+ .csv provenance), "
+                        "then stop")
 
 
 def main(a) -> int:
@@ -47,6 +53,13 @@ def main(a) -> int:
     realdata = a.realdata or R.default_realdata()
     if not os.path.isdir(os.path.join(realdata, R.CONTAMINATION)):
         raise UsageError(f"--realdata: {realdata} has no {R.CONTAMINATION}/ (shared/realdata)")
+    if a.write_junk_patches:
+        from ranker.develop.simulate.noise import write_patches
+
+        patches, rows = R.real_junk_patches(realdata)
+        write_patches(a.write_junk_patches, patches, rows)
+        print(f"{a.write_junk_patches}: {len(patches)} patches")
+        return 0
     if a.write_noise_spectrum:
         from ranker.develop.simulate.noise import write_spectrum
 

@@ -15,7 +15,9 @@ Each *job* is one small RELION project whose ground truth is known:
    ``ice`` (contamination blobs), ``edge`` (carbon / hole edges), ``aggregate``
    (2-4 overlapping particles), ``offcentre`` (particle shifted by 0.25-0.5 box),
    ``partial`` (projection of a fragment of the complex), ``blob`` (blurry, featureless
-   particle-sized blobs and faint mis-centred blurred particles);
+   particle-sized blobs and faint mis-centred blurred particles), ``patch`` (real junk cut
+   from real micrographs, ``data/real_junk_patches.*``: ice balls, aggregates, crystalline
+   ice, cracks);
 4. ``Import/job001/particles.star`` (RELION 3.1 format, rows shuffled) and a real
    ``relion_refine`` 2D classification written to ``Class2D/job002/run``, run from
    the project root so that every path in the STAR files is relative to it (``--ctf``

@@ -209,12 +209,13 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
 
 def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48), budget=None,
              relion_timeout=900, retry_failed=False, stop_after_s=None, log=print, snr_range=(0.03, 0.3),
-             junk_kinds=None, classifier="relion", recipe="v3"):
+             junk_kinds=None, classifier="relion", recipe="v3", keep=False):
     """Build jobs CORPUS/job0001..jobNNNN one at a time (skipping finished or failed ones).
 
     A job is built in CORPUS/jobNNNN.tmp and renamed when complete; a crash removes it and
     writes CORPUS/failed/jobNNNN.log. ``classifier``: "relion" (relion_refine) or "quick"
-    (ranker.develop.simulate.quickclass, not RELION; for volume, check it with ``compare``)."""
+    (ranker.develop.simulate.quickclass, not RELION; for volume, check it with ``compare``).
+    ``keep``: keep particle stacks and all iterations (for ``python -m ranker.develop realism``)."""
     os.makedirs(corpus, exist_ok=True)
     structures = {}
     if structures_dir and os.path.exists(os.path.join(structures_dir, "structures.json")):
@@ -245,7 +246,7 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
             f"x {spec['angpix']} A, SNR {spec['snr']}, good {spec['n_good']}, junk {spec['junk']}, "
             f"K {spec['K']}, iter {spec['n_iter']}")
         try:
-            info = build_project(spec, tmp, log=log, relion_timeout=relion_timeout)
+            info = build_project(spec, tmp, log=log, relion_timeout=relion_timeout, keep=keep)
             info["job"] = name
             with open(os.path.join(tmp, "corpus_job.json"), "w") as f:
                 json.dump(info, f, indent=1, default=json_default)

@@ -17,6 +17,8 @@ import numpy as np
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 SPECTRUM_FILE = os.path.join(DATA_DIR, "real_noise_spectrum.csv")
+PATCH_FILE = os.path.join(DATA_DIR, "real_junk_patches.npz")
+PATCH_RANGE_SD = 4.0   # stored patches: sd units clipped to +-4 and quantised to uint8
 _CACHE = {}
 
 
@@ -82,6 +84,26 @@ def coloured_noise(rng, n: int, sigma: float, stretch: float = 1.0, colour: floa
     (one n x n normal draw from ``rng``)."""
     white = rng.normal(0, sigma, (n, n))
     return np.real(np.fft.ifft2(np.fft.fft2(white) * spectrum_filter(n, stretch, colour)))
+
+
+def write_patches(path: str, patches: np.ndarray, rows) -> None:
+    """Store real junk patches (N, m, m; sd units) as uint8 in ``path`` (.npz) with their provenance
+    (source image, x, y, cut size px) as a CSV beside it (same name, .csv)."""
+    q = np.clip(np.rint((np.asarray(patches) + PATCH_RANGE_SD) / (2 * PATCH_RANGE_SD) * 255), 0, 255).astype(np.uint8)
+    np.savez_compressed(path, patches=q)
+    with open(os.path.splitext(path)[0] + ".csv", "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["index", "source", "x_px", "y_px", "cut_px"])
+        for i, r in enumerate(rows):
+            wr.writerow([i, *r])
+
+
+def real_patches(path: str = PATCH_FILE) -> np.ndarray:
+    """The stored real junk patches (N, m, m) in sd units (float64)."""
+    if path not in _CACHE:
+        q = np.load(path)["patches"].astype(np.float64)
+        _CACHE[path] = q / 255 * (2 * PATCH_RANGE_SD) - PATCH_RANGE_SD
+    return _CACHE[path]
 
 
 def micrograph_background(rng, amp: float, n_blobs: int = 3) -> dict:

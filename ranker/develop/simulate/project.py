@@ -5,7 +5,7 @@
 :func:`make_maps`, :func:`draw_micrographs`, :func:`draw_orientations`,
 :func:`project_with_relion`, :func:`make_images` (:func:`good_particles` and one function per
 junk kind: :func:`empty_ice`, :func:`ice_contamination`, :func:`carbon_edge`,
-:func:`aggregate_junk`, :func:`offcentre_junk`, :func:`partial_junk`, :func:`blob_junk`; then
+:func:`aggregate_junk`, :func:`offcentre_junk`, :func:`partial_junk`, :func:`blob_junk`, :func:`real_patch_junk`; then
 :func:`ice_fields`), :func:`write_particles`,
 :func:`classify` and :func:`analyse_and_clean`. They draw from one random generator in that
 order, so a spec and seed always give the same particles; the realism options (REALISM_KEYS) draw
@@ -27,7 +27,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ranker.develop.simulate.files import json_default, relion_version
-from ranker.develop.simulate.noise import background_patch, coloured_noise, micrograph_background
+from ranker.develop.simulate.noise import background_patch, coloured_noise, micrograph_background, real_patches
 from ranker.develop.simulate.optics import (
     apply_ctf,
     ctf2d,
@@ -48,6 +48,7 @@ from ranker.develop.simulate.truth import (
     strip_progress,
 )
 from ranker.develop.truth import JUNK_KINDS, class_summary
+from ranker.runtime.fourier import resize_map
 from ranker.runtime.geometry import centre_window, circle_mask
 from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block, write_star
@@ -604,6 +605,26 @@ def blob_junk(c, mi):
     return sig + c.noise(), dict(variant=variant)
 
 
+def real_patch_junk(c, mi):
+    """Real junk: a patch cut from real micrographs (ice balls, aggregates, crystalline ice, cracks,
+    contamination edges; ``data/real_junk_patches.csv`` says where each comes from), randomly
+    rotated by 90 deg steps and mirrored, Fourier-resized to the box (so it spans the box whatever
+    the job's pixel size), at 1-3 x the particles' signal sd x junk_contrast. Already imaged
+    through a real CTF: no CTF applied."""
+    rng, n = c.rng, c.n
+    patches = real_patches()
+    k = int(rng.integers(len(patches)))
+    p = np.rot90(patches[k], int(rng.integers(4)))
+    if rng.uniform() < 0.5:
+        p = p[:, ::-1]
+    if p.shape[-1] != n:
+        p = resize_map(np.ascontiguousarray(p), n)
+    p = p - p[~circle_mask(n, 0.75 * n / 2)].mean()
+    p = p / max(p.std(), 1e-9)
+    amp = c.junk_contrast * rng.uniform(1.0, 3.0) * c.signal_sd
+    return amp * p + c.noise(), dict(variant=f"patch{k}")
+
+
 FIELD_RAMP = 3.06  # median ramp over a box of micrograph_background(amp=1) / box fraction (measured, 2000 boxes)
 
 
@@ -649,6 +670,7 @@ def make_images(s, optics, maps, mics, views, noise, rng, P):
     items += offcentre_junk(c, J.get("offcentre", 0), 4 * n_aggregate, junk_proj, views.junk_mic)
     items += partial_junk(c, J.get("partial", 0), frag_proj, views.part_mic)
     items += on_random_micrographs(c, "blob", J.get("blob", 0), blob_junk)
+    items += on_random_micrographs(c, "patch", J.get("patch", 0), real_patch_junk)
     if float(s["ice_gradient"]) > 0:
         items = ice_fields(c, s, items)
     return items, measured
