@@ -56,6 +56,7 @@ GRADED_BACKGROUND = ("5Empty_ice_no_particles_but_vitreous_ice",)
 GRADED_JUNK = ("2Contamination_Aggregate_Crack_Breaking_Drifting",)
 BOX_STATS = ("slope", "low_high", "kurtosis", "acf_px", "ramp", "contrast", "detail")
 CLASS_EXTRA = ("roundness", "hf_power")
+MEDIAN_FEATURES = ("roundness", "hf_power", "ProteinStddev", "LowpassFilteredImageStddev", "RelativeResolution")
 
 
 def default_realdata() -> str:
@@ -424,6 +425,12 @@ def class_table(sim: dict, real: dict | None, real_name: str = "real") -> str:
         lines.append(f"| {f} | " + " | ".join(row) + " |")
     lines.append("| **median** | " + " | ".join(f"**{np.nanmedian(dist[c[0]]):.2f}**" for c in cols) + " |")
     lines.append("| **max** | " + " | ".join(f"**{np.nanmax(dist[c[0]]):.2f}**" for c in cols) + " |")
+    # what blurry blobs look like: round, little fine detail, low contrast
+    labels = [(f"sim {lab}", v) for lab, v in sim.items() if lab in ("good", "junk")]
+    labels += [(f"{real_name} {lab}", v) for lab, v in (real or {}).items()]
+    lines += ["", "| median | " + " | ".join(lab for lab, _ in labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for f in MEDIAN_FEATURES:
+        lines.append(f"| {f} | " + " | ".join(f"{np.nanmedian(v.get(f, [np.nan])):.3g}" for _, v in labels) + " |")
     return "\n".join(lines)
 
 

@@ -569,7 +569,8 @@ def blob_junk(c, mi):
     aggregate or ice ball), ``lumpy`` (low-pass random density in a soft particle-sized ellipse:
     denatured protein), ``blurred`` (a projection of the structure blurred to 12-30 A sigma,
     faint and 0.05-0.3 box off-centre: a mis-centred particle at low SNR). CTF-modulated like
-    the particles, signal variance 0.3-3 x theirs; no detail finer than the blur."""
+    the particles; signal variance 0.5-6 x theirs (log-uniform: ice balls and aggregates are often
+    denser than protein), 0.3-1 x for the faint blurred particles; no detail finer than the blur."""
     n, rng, x, y = c.n, c.rng, c.x, c.y
     variant = BLOB_VARIANTS[int(rng.integers(len(BLOB_VARIANTS)))]
     dpx = c.diameter_px
@@ -583,7 +584,7 @@ def blob_junk(c, mi):
             xr = (x - cx - ox) * np.cos(th) + (y - cy - oy) * np.sin(th)
             yr = -(x - cx - ox) * np.sin(th) + (y - cy - oy) * np.cos(th)
             sig += rng.uniform(0.5, 1.0) * np.exp(-0.5 * ((xr / sx) ** 2 + (yr / sy) ** 2))
-        rel = rng.uniform(0.5, 3.0)
+        rel = math.exp(rng.uniform(math.log(0.5), math.log(6.0)))
     elif variant == "lumpy":
         rx, ry = rng.uniform(0.3, 0.6, 2) * dpx
         th = rng.uniform(0, np.pi)
@@ -594,7 +595,7 @@ def blob_junk(c, mi):
         tex = gaussian_filter(rng.normal(0, 1, (n, n)), rng.uniform(0.08, 0.15) * dpx)
         sig = env * (1 + 0.6 * tex / max(tex.std(), 1e-9))
         sig = gaussian_filter(sig, 0.05 * dpx)
-        rel = rng.uniform(0.5, 3.0)
+        rel = math.exp(rng.uniform(math.log(0.5), math.log(6.0)))
     else:
         proj = c.projection(rng.uniform(12.0, 30.0))
         shift = rng.uniform(0.05, 0.3) * n
