@@ -238,3 +238,20 @@ def test_real_patch_junk_is_real_and_resized():
         img, extra = sp.real_patch_junk(c, 0)
         assert img.shape == (n, n) and extra["variant"].startswith("patch")
         assert img.std() == pytest.approx(c.signal_sd * c.junk_contrast * 2, rel=0.55)
+
+
+def test_realism_job_classified_by_relion_refine(tmp_path):
+    """Every training class still comes from real relion_refine: a job with every realism option
+    (coloured noise, ice field, crowding, blob and patch junk, no CTF correction) runs through it."""
+    spec = {"protein": {"source": "pseudo", "shape": "dumbbell", "n_res": 2500, "seed": 5, "name": "x"},
+            "box": 48, "angpix": 4.0, "snr": 0.2, "n_good": 200, "junk": {"noise": 40, "blob": 40, "patch": 40},
+            "n_mics": 6, "K": 3, "n_iter": 4, "seed": 11, "noise_model": "real", "ice_gradient": 0.4,
+            "crowd_frac": 0.3, "ctf_correct": False}
+    proj = str(tmp_path / "job")
+    info = sp.build_project(spec, proj, log=lambda m: None)
+    assert "3.1" in info["relion_version"] and "--ctf" not in info["relion_command"].split()
+    opt = read_star(os.path.join(proj, "Class2D/job002/run_it004_optimiser.star"))["optimiser_general"]
+    assert int(float(opt.value("rlnDoCorrectCtf"))) == 0
+    rows = read_class_truth(proj)
+    assert sum(r["n_particles"] for r in rows) == 320
+    assert sum(r["n_blob"] for r in rows) == 40 and sum(r["n_patch"] for r in rows) == 40
