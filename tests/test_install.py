@@ -70,7 +70,9 @@ def test_pip_install_into_a_fresh_venv_gives_a_command_with_the_shipped_weights(
     shutil.rmtree(repo)  # the installed command must not need the source tree
     pkg = os.path.join(purelib, "ranker")
     for rel in ("models/relion_external_rank_v3.pt", "models/MODEL_CARD.md", "runtime/job.py",
-                "develop/simulate/project.py", "develop/commands/train.py"):
+                "develop/simulate/project.py", "develop/commands/train.py",
+                "develop/simulate/data/real_noise_spectrum.csv", "develop/simulate/data/real_junk_patches.npz",
+                "develop/simulate/data/LICENSE_Magellon"):
         assert os.path.isfile(os.path.join(pkg, rel)), rel
     meta = subprocess.run([py, "-m", "pip", "show", "relion_external_rank"], capture_output=True, text=True).stdout
     for dep in ("numpy", "scipy", "mrcfile", "Pillow", "torch"):

@@ -4,6 +4,10 @@
 #
 #   tools/make_corpus.sh [N_JOBS] [CORPUS_DIR] [options of 'ranker.develop corpus']   (defaults: 200, ./corpus)
 #   e.g. a corpus of low-SNR jobs: tools/make_corpus.sh 40 corpus4 --snr_range 0.02 0.06
+#   the realism recipe (coloured real noise, ice gradients, crowding, blurry blob and real-patch junk, no CTF
+#   correction in a quarter of the jobs, more elongated / multi-domain shapes, larger jobs; MODEL_CARD,
+#   "Distance between simulated and real data"):
+#        SEED=21 BUDGET=400 tools/make_corpus.sh 120 corpus_r1 --recipe realism
 #   classes from the fast in-Python stand-in instead of relion_refine (not RELION; see MODEL_CARD):
 #        SEED=6 tools/make_corpus.sh 34 corpus_q6 --classifier quick
 #   env: PY (python with numpy, scipy, mrcfile, matplotlib; gemmi for mmCIF), SEED (1),

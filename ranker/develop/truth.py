@@ -33,7 +33,8 @@ import csv
 import math
 import os
 
-KINDS = ("good", "noise", "ice", "edge", "aggregate", "offcentre", "partial")
+# new kinds go at the END (class_truth.csv columns follow this order; files without a column read as 0)
+KINDS = ("good", "noise", "ice", "edge", "aggregate", "offcentre", "partial", "blob", "patch")
 JUNK_KINDS = KINDS[1:]
 FILENAME = "class_truth.csv"
 

@@ -1,6 +1,6 @@
 """Make a corpus of varied labelled jobs (restartable), or show a corpus's progress.
 
-    python -m ranker.develop corpus CORPUS --n 60 [--structures DIR] [--seed 1] [--classifier quick]
+    python -m ranker.develop corpus CORPUS --n 60 [--structures DIR] [--seed 1] [--classifier quick] [--recipe realism]
     python -m ranker.develop corpus CORPUS --summary [--jobs]
 
 Jobs CORPUS/job0001 ... are made as by the ``simulate`` command with parameters drawn per job
@@ -34,6 +34,12 @@ def add_args(p) -> None:
                    + ",".join(JUNK_KINDS) + ")")
     p.add_argument("--classifier", default="relion", choices=["relion", "quick"],
                    help="relion_refine, or the fast in-Python stand-in (quickclass; not RELION)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep particle stacks and all iterations (to measure them: python -m ranker.develop realism)")
+    p.add_argument("--recipe", default="v3", choices=["v3", "realism"],
+                   help="v3: the parameters of v3's corpora (reproduced exactly); realism: coloured real noise, "
+                        "ice gradients, crowded fields, blurry blob junk, no CTF correction in part, more elongated / "
+                        "multi-domain shapes, larger jobs (ranker.develop.simulate.corpus.sample_spec)")
 
 
 def main(a) -> int:
@@ -51,5 +57,5 @@ def main(a) -> int:
     run_many(a.corpus, a.n, a.structures or None, a.seed, held, a.budget, a.relion_timeout,
              a.retry_failed, a.stop_after_hours * 3600 if a.stop_after_hours else None,
              log=lambda m: print(m, flush=True), snr_range=tuple(a.snr_range),
-             junk_kinds=kinds or None, classifier=a.classifier)
+             junk_kinds=kinds or None, classifier=a.classifier, recipe=a.recipe, keep=a.keep)
     return 0

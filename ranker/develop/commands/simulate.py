@@ -48,7 +48,7 @@ def add_args(p) -> None:
     p.add_argument("--snr", type=float, default=0.1, help="signal variance in particle circle / noise variance")
     p.add_argument("--n_good", type=int, default=1200)
     p.add_argument("--junk", type=parse_junk, default=DEFAULT_SPEC["junk"],
-                   help="e.g. noise=150,ice=80,edge=60,aggregate=80,offcentre=60,partial=50")
+                   help="e.g. noise=150,ice=80,edge=60,aggregate=80,offcentre=60,partial=50,blob=100")
     p.add_argument("--junk_contrast", type=float, default=1.0, help="scale of ice / edge contrast")
     p.add_argument("--n_mics", type=int, default=30)
     p.add_argument("--defocus_um", "--defocus", type=float, nargs=2, default=[1.0, 2.5], help="defocus range (um)")
@@ -67,6 +67,16 @@ def add_args(p) -> None:
     p.add_argument("--keep", action="store_true", help="keep stacks, maps and all iterations")
     p.add_argument("--classifier", default="relion", choices=["relion", "quick"],
                    help="relion_refine, or the fast in-Python stand-in (quickclass; not RELION)")
+    r = p.add_argument_group("realism options (defaults: the earlier white-noise simulator)")
+    r.add_argument("--noise_model", default="white", choices=["white", "real"],
+                   help="real: coloured noise with a real micrograph's background spectrum")
+    r.add_argument("--noise_colour", type=float, default=1.0, help="exponent on the real spectrum (0 white)")
+    r.add_argument("--noise_stretch", type=float, default=1.0,
+                   help="> 1 moves the real spectrum's features to lower frequencies")
+    r.add_argument("--ice_gradient", type=float, default=0.0,
+                   help="ice-thickness field per micrograph: median ramp across a box, in noise sd")
+    r.add_argument("--crowd_frac", type=float, default=0.0, help="fraction of good particles with neighbours")
+    r.add_argument("--no_ctf_correct", action="store_true", help="classify without CTF correction")
 
 
 def spec_from_args(a) -> dict:
@@ -80,7 +90,9 @@ def spec_from_args(a) -> dict:
                 blur_A=a.blur_A, snr=a.snr, n_good=a.n_good, junk=a.junk, junk_contrast=a.junk_contrast,
                 n_mics=a.n_mics, defocus_um=list(a.defocus_um), kv=a.voltage_kV, cs=a.cs_mm, q0=a.q0,
                 n_views=a.n_views, K=a.K, n_iter=a.iter, psi_step=a.psi_step, offset_range=a.offset_range,
-                offset_step=a.offset_step, threads=a.threads, seed=a.seed, split=a.split, classifier=a.classifier)
+                offset_step=a.offset_step, threads=a.threads, seed=a.seed, split=a.split, classifier=a.classifier,
+                noise_model=a.noise_model, noise_colour=a.noise_colour, noise_stretch=a.noise_stretch,
+                ice_gradient=a.ice_gradient, crowd_frac=a.crowd_frac, ctf_correct=not a.no_ctf_correct)
 
 
 def main(a) -> int:

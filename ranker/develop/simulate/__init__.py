@@ -7,13 +7,21 @@ Each *job* is one small RELION project whose ground truth is known:
    dumbbell, C_n oligomer, bent arm, disc);
 2. good particles projected by ``relion_project --ctf --add_noise --white_noise``
    with preferred views, per-micrograph defocus and white noise set for a target SNR;
+   or (spec ``noise_model: "real"``) clean projections plus coloured noise with the power
+   spectrum of a real micrograph's background (``noise``, ``data/``), same SNR; optionally
+   neighbouring particles entering the box (``crowd_frac``) and a smooth ice-thickness field
+   per micrograph (``ice_gradient``);
 3. junk made with numpy (same noise, same CTF metadata): ``noise`` (empty ice),
    ``ice`` (contamination blobs), ``edge`` (carbon / hole edges), ``aggregate``
    (2-4 overlapping particles), ``offcentre`` (particle shifted by 0.25-0.5 box),
-   ``partial`` (projection of a fragment of the complex);
+   ``partial`` (projection of a fragment of the complex), ``blob`` (blurry, featureless
+   particle-sized blobs and faint mis-centred blurred particles), ``patch`` (real junk cut
+   from real micrographs, ``data/real_junk_patches.*``: ice balls, aggregates, crystalline
+   ice, cracks);
 4. ``Import/job001/particles.star`` (RELION 3.1 format, rows shuffled) and a real
    ``relion_refine`` 2D classification written to ``Class2D/job002/run``, run from
-   the project root so that every path in the STAR files is relative to it;
+   the project root so that every path in the STAR files is relative to it (``--ctf``
+   unless the spec says ``ctf_correct: false``);
 5. ``truth.csv`` (per particle), ``class_truth.csv`` (per class, columns of
    shared/fixtures/class2d_sim/class_truth.csv plus ``n_partial``),
    ``classes_montage.png`` and ``corpus_job.json`` (every generation parameter);
@@ -23,7 +31,8 @@ Each *job* is one small RELION project whose ground truth is known:
 Units: lengths in Angstrom (A) unless a name ends in ``_px`` (pixels); angles in
 degrees; defocus in A; voltage in kV; spherical aberration in mm; SNR is the
 variance of the noise-free CTF-modulated projection inside the particle circle
-divided by the variance of the white noise.
+divided by the variance of the (white or coloured) noise. The realism options and how far
+the result is from real data: ``project.REALISM_KEYS``, ``python -m ranker.develop realism``.
 
 Usage
 -----
@@ -47,7 +56,8 @@ in-Python stand-in for relion_refine (seconds per job instead of minutes; NOT RE
 classes are checked against RELION-classified jobs with ``compare`` before being trusted).
 
 Modules, in the order the data flows: ``structures`` (coordinates: Debian packages, pseudo-atomic
-models), ``optics`` (density map, CTF, views), ``project`` (one job: particles, junk, relion_refine),
+models), ``optics`` (density map, CTF, views), ``noise`` (coloured noise of a real micrograph, ice
+fields), ``project`` (one job: particles, junk, relion_refine),
 ``quickclass`` (the fast stand-in for relion_refine), ``truth`` (per-class truth, montage, clean-up),
 ``corpus`` (varied jobs, restartable), ``compare`` (quick vs RELION feature distributions), ``files``
 (STAR loop reader, JSON, RELION version; STAR and MRC files go through ranker.runtime.star and

@@ -71,15 +71,47 @@ def relion_seconds(box, n, K, n_iter, psi_step, offset_range, offset_step=2):
     return 5.8e-4 * n * K * n_iter * (16.0 / psi_step) * (n_tr / 9.0) * (box / 64.0) ** 0.5
 
 
-def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_range=(0.03, 0.3), junk_kinds=None):
+# the junk kinds of the corpora before the realism recipe (new kinds are drawn only by recipe "realism")
+V3_JUNK_KINDS = ("noise", "ice", "edge", "aggregate", "offcentre", "partial")
+RECIPES = ("v3", "realism")
+# realism recipe: pseudo shapes weighted towards the elongated / multi-domain shapes RELION users see
+# scored too low (elongated, multidomain, dumbbell, bent: 70 % of pseudo-atomic jobs)
+REALISM_SHAPE_WEIGHTS = dict(globular=0.10, multidomain=0.20, elongated=0.20, ring=0.07, dumbbell=0.15,
+                             oligomer=0.07, bent=0.15, disc=0.06)
+
+
+def realism_options(rng):
+    """The realism options of one job (recipe "realism"; see project.REALISM_KEYS): real coloured
+    noise in 80 % of jobs, an ice-thickness field in 50 %, crowded fields in 50 %, no CTF
+    correction in 25 %."""
+    real = rng.uniform() < 0.8
+    return dict(
+        noise_model="real" if real else "white",
+        noise_colour=round(float(rng.uniform(0.7, 1.0)), 3) if real else 1.0,
+        noise_stretch=round(float(math.exp(rng.uniform(math.log(0.8), math.log(1.25)))), 3) if real else 1.0,
+        ice_gradient=round(float(rng.uniform(0.2, 0.8)), 3) if rng.uniform() < 0.5 else 0.0,
+        crowd_frac=round(float(rng.uniform(0.1, 0.5)), 3) if rng.uniform() < 0.5 else 0.0,
+        ctf_correct=bool(rng.uniform() >= 0.25))
+
+
+def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_range=(0.03, 0.3), junk_kinds=None,
+                recipe="v3"):
     """Parameters of corpus job number idx (deterministic in (base_seed, idx) and the options).
 
     structures: {name: info with 'npz' absolute path and 'r99_A'} (may be empty: pseudo only).
     heldout_idx: job numbers that use 4JSV and are marked split 'heldout'.
     budget: max relion_seconds(); particle number, K and iterations are reduced to fit.
     snr_range: (low, high) of the log-uniform SNR (signal variance in the particle circle / noise variance).
-    junk_kinds: the junk kinds a job may draw from (default all of JUNK_KINDS), to make a corpus rich
-    in one failure mode (e.g. fragments only, or very low SNR); the defaults reproduce earlier corpora."""
+    junk_kinds: the junk kinds a job may draw from (default: V3_JUNK_KINDS for recipe "v3", all of
+    JUNK_KINDS for "realism"), to make a corpus rich in one failure mode (e.g. fragments only, or very
+    low SNR); the defaults reproduce earlier corpora.
+    recipe: "v3" (the corpora of v3, reproduced exactly) or "realism" (the changes measured against
+    real data, ranker.develop.realism: pseudo shapes weighted by REALISM_SHAPE_WEIGHTS and 55 % of
+    jobs pseudo-atomic, 1,000-8,000 particles before the budget, blurry "blob" junk in at least 75 %
+    of jobs, and :func:`realism_options`)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe {recipe!r}: one of {', '.join(RECIPES)}")
+    realism = recipe == "realism"
     rng = np.random.default_rng([int(base_seed), int(idx)])
     pseed = int(rng.integers(1 << 30))
     trainable = [n for n in sorted(structures) if n not in HELDOUT_PROTEINS]
@@ -91,24 +123,30 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
         diam = 2 * st["r99_A"]
     else:
         split = "val" if rng.uniform() < 0.2 else "train"
-        if trainable and rng.uniform() < 0.55:
+        if trainable and rng.uniform() < (0.45 if realism else 0.55):
             name = trainable[int(rng.integers(len(trainable)))]
             st = structures[name]
             protein = dict(source="pdb", name=name, path=st["npz_abs"], package=st["package"],
                            file=st["file"], description=st["description"])
             diam = 2 * st["r99_A"]
         else:
-            shape = PSEUDO_SHAPES[int(rng.integers(len(PSEUDO_SHAPES)))]
+            if realism:
+                wts = np.array([REALISM_SHAPE_WEIGHTS[sh] for sh in PSEUDO_SHAPES])
+                shape = PSEUDO_SHAPES[int(rng.choice(len(PSEUDO_SHAPES), p=wts / wts.sum()))]
+            else:
+                shape = PSEUDO_SHAPES[int(rng.integers(len(PSEUDO_SHAPES)))]
             n_res = int(round(math.exp(rng.uniform(math.log(400), math.log(6000)))))
             protein = dict(source="pseudo", shape=shape, n_res=n_res, seed=pseed, name=f"pseudo-{shape}-{n_res}")
             xyz, w = pseudo_model(shape, n_res, np.random.default_rng(pseed))
             diam = 2 * structure_radius(xyz, w)[1]
     box, apix, mask = choose_geometry(diam, rng)
-    n_tot = int(rng.uniform(600, 3000))
+    n_tot = int(math.exp(rng.uniform(math.log(1000), math.log(8000)))) if realism else int(rng.uniform(600, 3000))
     jf = rng.uniform(0.1, 0.7)
-    kinds = list(junk_kinds or JUNK_KINDS)
+    kinds = list(junk_kinds or (JUNK_KINDS if realism else V3_JUNK_KINDS))
     nk = min(len(kinds), int(rng.choice([1, 2, 3, 3, 4, 4, 5, 5, 6, 6])))
     active = list(rng.choice(kinds, size=nk, replace=False))
+    if realism and "blob" in kinds and "blob" not in active and rng.uniform() < 0.75:
+        active[int(rng.integers(nk))] = "blob"
     props = rng.dirichlet(np.full(nk, 1.5))
     n_junk = int(round(jf * n_tot))
     cnt = rng.multinomial(n_junk, props)
@@ -130,6 +168,8 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
         view_spread_deg=round(rng.uniform(5, 20), 1), frac_uniform=round(rng.uniform(0.1, 0.6), 2),
         K=K, n_iter=n_iter, tau2_fudge=2.0, psi_step=psi, offset_range=offr, offset_step=2,
         pool=30, threads=1, seed=int(rng.integers(1 << 30)), split=split, job_index=int(idx))
+    if realism:  # from their own generator: the draws above stay those of the recipe's other choices
+        spec.update(realism_options(np.random.default_rng([int(base_seed), int(idx), 1])), recipe=recipe)
     if budget:
         # shrink particles, classes and iterations together (floors 600, 4, 10) to fit the budget (s)
         def n_of(sp):
@@ -169,12 +209,13 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
 
 def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48), budget=None,
              relion_timeout=900, retry_failed=False, stop_after_s=None, log=print, snr_range=(0.03, 0.3),
-             junk_kinds=None, classifier="relion"):
+             junk_kinds=None, classifier="relion", recipe="v3", keep=False):
     """Build jobs CORPUS/job0001..jobNNNN one at a time (skipping finished or failed ones).
 
     A job is built in CORPUS/jobNNNN.tmp and renamed when complete; a crash removes it and
     writes CORPUS/failed/jobNNNN.log. ``classifier``: "relion" (relion_refine) or "quick"
-    (ranker.develop.simulate.quickclass, not RELION; for volume, check it with ``compare``)."""
+    (ranker.develop.simulate.quickclass, not RELION; for volume, check it with ``compare``).
+    ``keep``: keep particle stacks and all iterations (for ``python -m ranker.develop realism``)."""
     os.makedirs(corpus, exist_ok=True)
     structures = {}
     if structures_dir and os.path.exists(os.path.join(structures_dir, "structures.json")):
@@ -199,13 +240,13 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
         for d in (tmp, final):
             if os.path.exists(d):
                 shutil.rmtree(d)
-        spec = sample_spec(idx, base_seed, structures, heldout_idx, budget, snr_range, junk_kinds)
+        spec = sample_spec(idx, base_seed, structures, heldout_idx, budget, snr_range, junk_kinds, recipe)
         spec["classifier"] = classifier
         log(f"[{time.strftime('%H:%M:%S')}] {name} ({spec['split']}): {spec['protein']['name']} box {spec['box']} "
             f"x {spec['angpix']} A, SNR {spec['snr']}, good {spec['n_good']}, junk {spec['junk']}, "
             f"K {spec['K']}, iter {spec['n_iter']}")
         try:
-            info = build_project(spec, tmp, log=log, relion_timeout=relion_timeout)
+            info = build_project(spec, tmp, log=log, relion_timeout=relion_timeout, keep=keep)
             info["job"] = name
             with open(os.path.join(tmp, "corpus_job.json"), "w") as f:
                 json.dump(info, f, indent=1, default=json_default)

@@ -5,9 +5,11 @@
 :func:`make_maps`, :func:`draw_micrographs`, :func:`draw_orientations`,
 :func:`project_with_relion`, :func:`make_images` (:func:`good_particles` and one function per
 junk kind: :func:`empty_ice`, :func:`ice_contamination`, :func:`carbon_edge`,
-:func:`aggregate_junk`, :func:`offcentre_junk`, :func:`partial_junk`), :func:`write_particles`,
+:func:`aggregate_junk`, :func:`offcentre_junk`, :func:`partial_junk`, :func:`blob_junk`, :func:`real_patch_junk`; then
+:func:`ice_fields`), :func:`write_particles`,
 :func:`classify` and :func:`analyse_and_clean`. They draw from one random generator in that
-order, so a spec and seed always give the same particles.
+order, so a spec and seed always give the same particles; the realism options (REALISM_KEYS) draw
+nothing when off, so specs written before them give the same particles as before.
 Units: lengths in A unless a name ends in ``_px``; the spec keys keep their corpus names
 (``box`` is in px, ``angpix`` in A/px, ``kv``, ``cs``, ``q0``)."""
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ranker.develop.simulate.files import json_default, relion_version
+from ranker.develop.simulate.noise import background_patch, coloured_noise, micrograph_background, real_patches
 from ranker.develop.simulate.optics import (
     apply_ctf,
     ctf2d,
@@ -45,6 +48,7 @@ from ranker.develop.simulate.truth import (
     strip_progress,
 )
 from ranker.develop.truth import JUNK_KINDS, class_summary
+from ranker.runtime.fourier import resize_map
 from ranker.runtime.geometry import centre_window, circle_mask
 from ranker.runtime.mrc import read_stack, write_mrc
 from ranker.runtime.star import format_block, write_star
@@ -61,6 +65,19 @@ DEFAULT_SPEC = dict(
     n_views=6, view_spread_deg=12.0, frac_uniform=0.3,
     K=12, n_iter=15, tau2_fudge=2.0, psi_step=16.0, offset_range=3, offset_step=2,
     mask_diameter_A=None, pool=30, threads=1, seed=1, split="train", classifier="relion",
+    # realism options (defaults: the earlier simulator, particle for particle; see REALISM_KEYS)
+    noise_model="white", noise_colour=1.0, noise_stretch=1.0, ice_gradient=0.0, crowd_frac=0.0, ctf_correct=True,
+)
+# What the realism options do (measured against real data by ``python -m ranker.develop realism``):
+REALISM_KEYS = dict(
+    noise_model='"white": relion_project\'s white noise; "real": coloured noise with the power spectrum of a real '
+                'micrograph\'s background (ranker.develop.simulate.noise), added in numpy to clean projections',
+    noise_colour="exponent on the real spectrum (0 white, 1 as measured)",
+    noise_stretch="frequency stretch of the real spectrum (> 1 moves its features to lower frequencies)",
+    ice_gradient="smooth ice-thickness field per micrograph (plane + broad bumps): median ramp across a box, "
+                 "in noise sd (0: none)",
+    crowd_frac="fraction of good particles with 1-3 neighbouring particles entering the box",
+    ctf_correct="false: 2D classification without CTF correction (relion_refine without --ctf)",
 )
 
 
@@ -163,6 +180,11 @@ class Orientations:
     junk_rows: list
     junk_mic: np.ndarray
     part_mic: np.ndarray | None
+    # crowded fields (spec crowd_frac > 0): the good particles with neighbours, how many each, and the
+    # neighbours' projections (2N box, the good particle's micrograph), in that order
+    crowd_idx: np.ndarray | None = None
+    crowd_n: np.ndarray | None = None
+    crowd_rows: list | None = None
 
 
 @dataclass
@@ -182,6 +204,8 @@ def resolve_spec(spec):
     for k in s["junk"]:
         if k not in JUNK_KINDS:
             raise ValueError(f"unknown junk kind {k}")
+    if s["noise_model"] not in ("white", "real"):
+        raise ValueError(f"noise_model {s['noise_model']!r}: white or real")
     return s
 
 
@@ -276,7 +300,14 @@ def draw_orientations(s, optics, mics, rng, P):
         write("frag1_ang.star", part_rows[:half])
         if n_partial > half:
             write("frag2_ang.star", part_rows[half:])
-    return Orientations(good_rows, good_mic, good_view, junk_rows, junk_mic, part_mic)
+    crowd_idx = crowd_n = crowd_rows = None
+    n_crowd = int(round(float(s["crowd_frac"]) * n_good))
+    if n_crowd:  # drawn last, so that specs without crowding keep their earlier draws
+        crowd_idx = np.sort(rng.choice(n_good, n_crowd, replace=False))
+        crowd_n = rng.integers(1, 4, n_crowd)
+        crowd_rows, _, _ = ang_rows(int(crowd_n.sum()), 0.0, np.repeat(good_mic[crowd_idx], crowd_n))
+        write("crowd_ang.star", crowd_rows, 2 * optics.box_px)
+    return Orientations(good_rows, good_mic, good_view, junk_rows, junk_mic, part_mic, crowd_idx, crowd_n, crowd_rows)
 
 
 def project_with_relion(s, optics, maps, views, P, log):
@@ -292,8 +323,15 @@ def project_with_relion(s, optics, maps, views, P, log):
     signal_var = float(np.mean([im[inside].var() for im in clean]))
     sigma = math.sqrt(signal_var / float(s["snr"]))
     del clean
-    _run(["relion_project", "--i", f"ref_box{box_px}.mrc", "--ang", "good_ang.star", "--o", "good_noisy", "--ctf",
-          "--add_noise", "--white_noise", f"{sigma:.6g}"], P("Simulated", "project_noisy.log"), sim)
+    if s["noise_model"] == "white":
+        _run(["relion_project", "--i", f"ref_box{box_px}.mrc", "--ang", "good_ang.star", "--o", "good_noisy", "--ctf",
+              "--add_noise", "--white_noise", f"{sigma:.6g}"], P("Simulated", "project_noisy.log"), sim)
+    else:  # noise added in numpy (make_images), with the same sd
+        _run(["relion_project", "--i", f"ref_box{box_px}.mrc", "--ang", "good_ang.star", "--o", "good_clean", "--ctf"],
+             P("Simulated", "project_good.log"), sim)
+    if views.crowd_rows:
+        _run(["relion_project", "--i", f"ref_box{2 * box_px}.mrc", "--ang", "crowd_ang.star", "--o", "crowd_clean",
+              "--ctf"], P("Simulated", "project_crowd.log"), sim)
     if len(views.junk_rows):
         _run(["relion_project", "--i", f"ref_box{2 * box_px}.mrc", "--ang", "junk_ang.star", "--o", "junk_clean",
               "--ctf"], P("Simulated", "project_junk.log"), sim)
@@ -311,7 +349,7 @@ class _Canvas:
     noise, the signal scale, the junk contrast, the CTF of each micrograph (on the 2N grid)
     and the generator."""
 
-    def __init__(self, optics, mics, noise, junk_contrast, rng):
+    def __init__(self, optics, mics, noise, junk_contrast, rng, s=None, maps=None):
         self.n = n = optics.box_px
         self.optics, self.mics, self.rng = optics, mics, rng
         self.sigma = noise.sigma
@@ -319,9 +357,52 @@ class _Canvas:
         self.junk_contrast = junk_contrast
         self.y, self.x = (np.indices((n, n)) - n // 2).astype(float)
         self._ctf = {}
+        s = s or DEFAULT_SPEC
+        self.noise_model = s["noise_model"]
+        self.noise_colour, self.noise_stretch = float(s["noise_colour"]), float(s["noise_stretch"])
+        self.maps = maps
+        self.diameter_px = maps.protein_diameter_A / optics.pixel_size_A if maps is not None else 0.5 * n
+        self._views = None
 
     def white_noise(self):
         return self.rng.normal(0, self.sigma, (self.n, self.n))
+
+    def noise(self):
+        """The job's noise for one image: white (as relion_project adds it; the same draws as before
+        the realism options), or coloured with the real background spectrum, same sd."""
+        if self.noise_model == "white":
+            return self.white_noise()
+        return coloured_noise(self.rng, self.n, self.sigma, self.noise_stretch, self.noise_colour)
+
+    def projection(self, blur_A):
+        """A CTF-free projection of the structure (numpy: one of 6 random views drawn once, random
+        in-plane angle), on the 2N grid, Gaussian-blurred by ``blur_A`` (sigma, A); max 1."""
+        n2, apix, rng = 2 * self.n, self.optics.pixel_size_A, self.rng
+        if self._views is None:
+            xyz = self.maps.xyz - np.average(self.maps.xyz, axis=0, weights=self.maps.w)
+            self._views = []
+            for _ in range(6):
+                q = rng.normal(size=4)
+                q /= np.linalg.norm(q)
+                a, b, cq, d = q
+                R = np.array([[a * a + b * b - cq * cq - d * d, 2 * (b * cq - a * d), 2 * (b * d + a * cq)],
+                              [2 * (b * cq + a * d), a * a - b * b + cq * cq - d * d, 2 * (cq * d - a * b)],
+                              [2 * (b * d - a * cq), 2 * (cq * d + a * b), a * a - b * b - cq * cq + d * d]])
+                self._views.append((xyz @ R.T)[:, :2])
+        xy = self._views[int(rng.integers(len(self._views)))]
+        t = rng.uniform(0, 2 * np.pi)
+        xy = xy @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+        edges = (np.arange(n2 + 1) - n2 // 2 - 0.5) * apix
+        img, _, _ = np.histogram2d(xy[:, 1], xy[:, 0], bins=[edges, edges], weights=self.maps.w)
+        img = gaussian_filter(img, blur_A / apix)
+        return img / max(img.max(), 1e-12)
+
+    def scaled(self, sig, rel_var):
+        """``sig`` scaled so that its variance inside the particle circle is ``rel_var`` x the
+        good particles' signal variance (the SNR's numerator)."""
+        inside = circle_mask(self.n, min(self.diameter_px, self.n) / 2)
+        v = float(sig[inside].var())
+        return sig * math.sqrt(rel_var) * self.signal_sd / math.sqrt(max(v, 1e-30))
 
     def gradient(self, amp):
         """An ice-thickness ramp of amplitude ``amp`` x signal sd across the box, random direction."""
@@ -340,18 +421,40 @@ class _Canvas:
         return centre_window(np.roll(np.roll(img_2n, int(round(dy_px)), axis=0), int(round(dx_px)), axis=1), self.n)
 
 
-def good_particles(c, s, good, views):
-    """(image, "good", micrograph, truth) of the noisy projections, some with an ice gradient."""
+def good_particles(c, s, good, views, crowd=None):
+    """(image, "good", micrograph, truth) of the noisy projections, some with an ice gradient.
+    With the real noise model ``good`` holds clean projections and the noise is added here; with
+    crowding, ``crowd`` holds the neighbours' clean projections (2N box, see draw_orientations)."""
     items = []
+    real_noise = c.noise_model != "white"
+    neighbours = {}
+    if crowd is not None:
+        first = np.concatenate([[0], np.cumsum(views.crowd_n)[:-1]])
+        neighbours = {int(i): (int(f), int(k)) for i, f, k in zip(views.crowd_idx, first, views.crowd_n)}
     for i in range(int(s["n_good"])):
         r = dict(zip(ANG_COLS, views.good_rows[i]))
         img = good[i].astype(np.float64)
+        if i in neighbours:
+            img = img + crowd_neighbours(c, crowd, *neighbours[i])
+        if real_noise:
+            img = img + c.noise()
         if c.rng.uniform() < float(s["grad_frac"]):
             img = img + c.gradient(c.rng.uniform(0.1, 0.5))
         items.append((img, "good", int(views.good_mic[i]), dict(
             view=int(views.good_view[i]), rot=r["rlnAngleRot"], tilt=r["rlnAngleTilt"], psi=r["rlnAnglePsi"],
             ox=r["rlnOriginXAngst"], oy=r["rlnOriginYAngst"])))
     return items
+
+
+def crowd_neighbours(c, crowd, first, count):
+    """The density of ``count`` neighbouring particles (clean projections ``first``... of the 2N
+    box) whose centres lie 0.8-1.3 particle diameters away, so that they enter the box edges."""
+    out = np.zeros((c.n, c.n))
+    for j in range(first, first + count):
+        d = c.rng.uniform(0.8, 1.3) * c.diameter_px
+        t = c.rng.uniform(0, 2 * np.pi)
+        out += c.crop_shift(crowd[j], d * np.cos(t), d * np.sin(t))
+    return out
 
 
 def on_random_micrographs(c, kind, count, make_one):
@@ -368,7 +471,7 @@ def on_random_micrographs(c, kind, count, make_one):
 def empty_ice(c, mi):
     """Empty ice: noise, some with a gradient or a faint low-frequency thickness texture."""
     n, rng = c.n, c.rng
-    img = c.white_noise()
+    img = c.noise()
     if rng.uniform() < 0.4:
         img += c.gradient(rng.uniform(0.2, 0.8))
     if rng.uniform() < 0.3:  # faint low-frequency ice-thickness texture
@@ -398,7 +501,7 @@ def ice_contamination(c, mi):
         sign = 1 if rng.uniform() < 0.8 else -1
         sig += sign * c.junk_contrast * rng.uniform(1.5, 4) * c.signal_sd * blob
     sig = 0.5 * sig + 0.5 * apply_ctf(sig, c.ctf(mi))
-    return sig + c.white_noise(), dict(n_members=n_blobs)
+    return sig + c.noise(), dict(n_members=n_blobs)
 
 
 def carbon_edge(c, mi):
@@ -417,7 +520,7 @@ def carbon_edge(c, mi):
     texture /= texture.std()
     sig = c.junk_contrast * rng.uniform(2, 5) * c.signal_sd * step * (1 + 0.3 * texture)
     sig = apply_ctf(sig, c.ctf(mi)) + 0.5 * sig
-    return sig + c.white_noise(), {}
+    return sig + c.noise(), {}
 
 
 def aggregate_junk(c, count, junk_proj, junk_mic, protein_diameter_px):
@@ -433,7 +536,7 @@ def aggregate_junk(c, count, junk_proj, junk_mic, protein_diameter_px):
             r = rng.uniform(0.35, 0.75) * protein_diameter_px
             t = rng.uniform(0, 2 * np.pi)
             sig = sig + c.crop_shift(junk_proj[4 * k + j], cx + r * np.cos(t), cy + r * np.sin(t))
-        items.append((sig + c.white_noise(), "aggregate", mi, dict(n_members=m)))
+        items.append((sig + c.noise(), "aggregate", mi, dict(n_members=m)))
     return items
 
 
@@ -447,35 +550,130 @@ def offcentre_junk(c, count, first, junk_proj, junk_mic):
         shift_px = rng.uniform(0.25, 0.5) * n
         t = rng.uniform(0, 2 * np.pi)
         sig = c.crop_shift(junk_proj[idx], shift_px * np.cos(t), shift_px * np.sin(t))
-        items.append((sig + c.white_noise(), "offcentre", mi, dict(shift_px=round(float(shift_px), 2))))
+        items.append((sig + c.noise(), "offcentre", mi, dict(shift_px=round(float(shift_px), 2))))
     return items
 
 
 def partial_junk(c, count, frag_proj, part_mic):
     """Projections of the two fragments (the first half of fragment 1)."""
-    return [(frag_proj[k] + c.white_noise(), "partial", int(part_mic[k]),
+    return [(frag_proj[k] + c.noise(), "partial", int(part_mic[k]),
              dict(fragment=1 if k < (count + 1) // 2 else 2)) for k in range(count)]
+
+
+BLOB_VARIANTS = ("smooth", "lumpy", "blurred")
+
+
+def blob_junk(c, mi):
+    """Blurry junk blobs, which real Class2D jobs are full of and which average to featureless,
+    centred discs: ``smooth`` (1-3 overlapping Gaussian lobes of particle size: a blurry
+    aggregate or ice ball), ``lumpy`` (low-pass random density in a soft particle-sized ellipse:
+    denatured protein), ``blurred`` (a projection of the structure blurred to 12-30 A sigma,
+    faint and 0.05-0.3 box off-centre: a mis-centred particle at low SNR). CTF-modulated like
+    the particles; signal variance 0.5-6 x theirs (log-uniform: ice balls and aggregates are often
+    denser than protein), 0.3-1 x for the faint blurred particles; no detail finer than the blur."""
+    n, rng, x, y = c.n, c.rng, c.x, c.y
+    variant = BLOB_VARIANTS[int(rng.integers(len(BLOB_VARIANTS)))]
+    dpx = c.diameter_px
+    if variant == "smooth":
+        sig = np.zeros((n, n))
+        cx, cy = rng.normal(0, 0.03 * n, 2)
+        for lobe in range(int(rng.integers(1, 4))):
+            ox, oy = (0.0, 0.0) if lobe == 0 else rng.normal(0, 0.25 * dpx, 2)
+            sx, sy = rng.uniform(0.12, 0.3, 2) * dpx
+            th = rng.uniform(0, np.pi)
+            xr = (x - cx - ox) * np.cos(th) + (y - cy - oy) * np.sin(th)
+            yr = -(x - cx - ox) * np.sin(th) + (y - cy - oy) * np.cos(th)
+            sig += rng.uniform(0.5, 1.0) * np.exp(-0.5 * ((xr / sx) ** 2 + (yr / sy) ** 2))
+        rel = math.exp(rng.uniform(math.log(0.5), math.log(6.0)))
+    elif variant == "lumpy":
+        rx, ry = rng.uniform(0.3, 0.6, 2) * dpx
+        th = rng.uniform(0, np.pi)
+        cx, cy = rng.normal(0, 0.03 * n, 2)
+        xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
+        yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
+        env = 1 / (1 + np.exp((np.sqrt((xr / rx) ** 2 + (yr / ry) ** 2) - 1) * 6))
+        tex = gaussian_filter(rng.normal(0, 1, (n, n)), rng.uniform(0.08, 0.15) * dpx)
+        sig = env * (1 + 0.6 * tex / max(tex.std(), 1e-9))
+        sig = gaussian_filter(sig, 0.05 * dpx)
+        rel = math.exp(rng.uniform(math.log(0.5), math.log(6.0)))
+    else:
+        proj = c.projection(rng.uniform(12.0, 30.0))
+        shift = rng.uniform(0.05, 0.3) * n
+        t = rng.uniform(0, 2 * np.pi)
+        sig = c.crop_shift(proj, shift * np.cos(t), shift * np.sin(t))
+        rel = rng.uniform(0.3, 1.0)
+    sig = c.scaled(apply_ctf(sig, c.ctf(mi)), rel)
+    return sig + c.noise(), dict(variant=variant)
+
+
+def real_patch_junk(c, mi):
+    """Real junk: a patch cut from real micrographs (ice balls, aggregates, crystalline ice, cracks,
+    contamination edges; ``data/real_junk_patches.csv`` says where each comes from), randomly
+    rotated by 90 deg steps and mirrored, Fourier-resized to the box (so it spans the box whatever
+    the job's pixel size), at 1-3 x the particles' signal sd x junk_contrast. Already imaged
+    through a real CTF: no CTF applied."""
+    rng, n = c.rng, c.n
+    patches = real_patches()
+    k = int(rng.integers(len(patches)))
+    p = np.rot90(patches[k], int(rng.integers(4)))
+    if rng.uniform() < 0.5:
+        p = p[:, ::-1]
+    if p.shape[-1] != n:
+        p = resize_map(np.ascontiguousarray(p), n)
+    p = p - p[~circle_mask(n, 0.75 * n / 2)].mean()
+    p = p / max(p.std(), 1e-9)
+    amp = c.junk_contrast * rng.uniform(1.0, 3.0) * c.signal_sd
+    return amp * p + c.noise(), dict(variant=f"patch{k}")
+
+
+FIELD_RAMP = 3.06  # median ramp over a box of micrograph_background(amp=1) / box fraction (measured, 2000 boxes)
+
+
+def ice_fields(c, s, items):
+    """Add each micrograph's smooth ice-thickness field (spec ``ice_gradient``: the median ramp
+    across a box, as ``python -m ranker.develop realism`` measures it, in noise sd) to its particles,
+    each seen at a random position of the micrograph (a box spans box_A / 4000 A of it)."""
+    amp = float(s["ice_gradient"])
+    box_frac = min(0.25, c.n * c.optics.pixel_size_A / 4000.0)
+    fields = [micrograph_background(c.rng, amp * c.rng.uniform(0.3, 1.7)) for _ in c.mics]
+    out = []
+    for img, kind, mi, extra in items:
+        f = fields[mi]
+        x0, y0 = c.rng.uniform(0, 1, 2)
+        # / FIELD_RAMP: ice_gradient is the median ramp over a box (realism's "ramp"), in noise sd
+        img = img + c.sigma / box_frac / FIELD_RAMP * background_patch(f, x0, y0, c.n, box_frac)
+        out.append((img, kind, mi, extra))
+    return out
 
 
 def make_images(s, optics, maps, mics, views, noise, rng, P):
     """Every particle image, good and junk, as (image, kind, micrograph index, truth extras),
     in the order of the spec's kinds; and the noise sd measured on the good particles."""
-    good = read_stack(P("Simulated", "good_noisy.mrcs"))
-    measured = float(np.mean([im[~circle_mask(optics.box_px, optics.box_px * 0.45)].std() for im in good[:200]]))
+    real_noise = s["noise_model"] != "white"
+    good = read_stack(P("Simulated", "good_clean.mrcs" if real_noise else "good_noisy.mrcs"))
+    outside = ~circle_mask(optics.box_px, optics.box_px * 0.45)
+    measured = float(np.mean([im[outside].std() for im in good[:200]]))
     junk_proj = read_stack(P("Simulated", "junk_clean.mrcs")) if len(views.junk_rows) else None
     frag_proj = [read_stack(P("Simulated", f"frag{fi}_clean.mrcs")) for fi in (1, 2)
                  if os.path.exists(P("Simulated", f"frag{fi}_clean.mrcs"))]
     frag_proj = np.concatenate(frag_proj) if frag_proj else None
-    c = _Canvas(optics, mics, noise, float(s["junk_contrast"]), rng)
+    c = _Canvas(optics, mics, noise, float(s["junk_contrast"]), rng, s, maps)
     J = s["junk"]
     n_aggregate = J.get("aggregate", 0)
-    items = good_particles(c, s, good, views)
-    del good
+    crowd = read_stack(P("Simulated", "crowd_clean.mrcs")) if views.crowd_rows else None
+    items = good_particles(c, s, good, views, crowd)
+    del good, crowd
+    if real_noise:
+        measured = float(np.mean([it[0][outside].std() for it in items[:200]]))
     for kind, make_one in (("noise", empty_ice), ("ice", ice_contamination), ("edge", carbon_edge)):
         items += on_random_micrographs(c, kind, J.get(kind, 0), make_one)
     items += aggregate_junk(c, n_aggregate, junk_proj, views.junk_mic, maps.protein_diameter_A / optics.pixel_size_A)
     items += offcentre_junk(c, J.get("offcentre", 0), 4 * n_aggregate, junk_proj, views.junk_mic)
     items += partial_junk(c, J.get("partial", 0), frag_proj, views.part_mic)
+    items += on_random_micrographs(c, "blob", J.get("blob", 0), blob_junk)
+    items += on_random_micrographs(c, "patch", J.get("patch", 0), real_patch_junk)
+    if float(s["ice_gradient"]) > 0:
+        items = ice_fields(c, s, items)
     return items, measured
 
 
@@ -483,6 +681,7 @@ PARTICLE_COLS = ["rlnImageName", "rlnMicrographName", "rlnCoordinateX", "rlnCoor
                  "rlnDefocusV", "rlnDefocusAngle", "rlnCtfBfactor", "rlnCtfScalefactor", "rlnPhaseShift",
                  "rlnOpticsGroup"]
 TRUTH_KEYS = ("view", "rot", "tilt", "psi", "ox", "oy", "n_members", "shift_px", "fragment")
+OPTIONAL_TRUTH_KEYS = ("variant",)  # written only by jobs that have them (earlier truth.csv files unchanged)
 
 
 def write_particles(items, optics, mics, rng, P):
@@ -501,6 +700,7 @@ def write_particles(items, optics, mics, rng, P):
         for j, o in enumerate(lst):
             name_of[o] = f"{j + 1:06d}@{fn}"
     rows, truth = [], []
+    keys = TRUTH_KEYS + tuple(k for k in OPTIONAL_TRUTH_KEYS if any(k in it[3] for it in items))
     for o in order:
         img, kind, mi, extra = items[o]
         m = mics[mi]
@@ -508,7 +708,7 @@ def write_particles(items, optics, mics, rng, P):
         rows.append([name_of[o], m[0], f"{cx:.1f}", f"{cy:.1f}", f"{m[1]:.2f}", f"{m[2]:.2f}", f"{m[3]:.2f}",
                      "0.000000", "1.000000", "0.000000", 1])
         truth.append(dict(rlnImageName=name_of[o], kind=kind, rlnMicrographName=m[0],
-                          **{k: extra.get(k, "") for k in TRUTH_KEYS}))
+                          **{k: extra.get(k, "") for k in keys}))
     os.makedirs(P("Import", "job001"), exist_ok=True)
     write_star(P("Import", "job001", "particles.star"),
                [optics.block(), format_block("particles", PARTICLE_COLS, rows)])
@@ -601,7 +801,7 @@ def _relion_class2d(proj_dir, s, mask_diameter_A, relion_timeout):
     K, it = int(s["K"]), int(s["n_iter"])
     cmd = ["relion_refine", "--o", "Class2D/job002/run", "--i", "Import/job001/particles.star",
            "--dont_combine_weights_via_disc", "--preread_images", "--pool", str(int(s["pool"])), "--pad", "2",
-           "--ctf", "--iter", str(it), "--tau2_fudge", f"{float(s['tau2_fudge']):g}",
+           *(["--ctf"] if s["ctf_correct"] else []), "--iter", str(it), "--tau2_fudge", f"{float(s['tau2_fudge']):g}",
            "--particle_diameter", f"{mask_diameter_A:.0f}", "--K", str(K), "--flatten_solvent", "--zero_mask",
            "--oversampling", "1", "--psi_step", f"{float(s['psi_step']):g}", "--offset_range",
            f"{float(s['offset_range']):g}", "--offset_step", f"{float(s['offset_step']):g}",

@@ -103,7 +103,9 @@ def assign_classes(groups, K, snr, rng):
 class _Particles:
     """The job's particle images (N, n, n), their CTFs and truth, read from the project."""
 
-    def __init__(self, proj_dir):
+    def __init__(self, proj_dir, ctf_correct=True):
+        self.ctf_correct = bool(ctf_correct)
+        self.whiten = None          # set by quick_class2d for coloured noise: 1 / sqrt(noise power) (FFT layout)
         star = read_star(os.path.join(proj_dir, "Import", "job001", "particles.star"))
         self.optics_cols, self.optics_rows = star["optics"].labels, star["optics"].rows
         o = dict(zip(self.optics_cols, self.optics_rows[0]))
@@ -127,7 +129,12 @@ class _Particles:
 
     def ctf(self, i, n=None, round_=False):
         """CTF of particle i on an n x n un-shifted FFT grid (astigmatism averaged when round_);
-        cached per defocus (particles of one micrograph share it)."""
+        cached per defocus (particles of one micrograph share it). Without CTF correction (spec
+        ``ctf_correct`` false, as relion_refine without --ctf) it is 1 everywhere: no phase flip for
+        the alignment, plain averages."""
+        if not self.ctf_correct:
+            m = n or self.images.shape[-1]
+            return np.ones((m, m))
         du, dv, da = self.defocus[i]
         if round_:
             du = dv = 0.5 * (du + dv)
@@ -164,10 +171,12 @@ def _groups(P):
 
 
 def _flip(P, members, m):
-    """Phase-flipped, Fourier-cropped (m px) images of the members."""
+    """Phase-flipped, Fourier-cropped (m px) images of the members (whitened first when the job's
+    noise is coloured, as relion_refine weights every frequency by its noise power)."""
     out = np.empty((len(members), m, m))
+    w = 1.0 if P.whiten is None else P.whiten
     for j, i in enumerate(members):
-        f = np.real(np.fft.ifft2(np.fft.fft2(P.images[i]) * np.sign(P.ctf(i))))
+        f = np.real(np.fft.ifft2(np.fft.fft2(P.images[i]) * np.sign(P.ctf(i)) * w))
         out[j] = resize_map(f, m) if m < f.shape[-1] else f
     return out
 
@@ -290,14 +299,14 @@ def _accuracies(avg, ctf2_sum, n_members, pixel_size_A, noise_var):
     return rot, tr
 
 
-def _optimiser_general(it, mask_d_A, acc_rot, acc_tr):
+def _optimiser_general(it, mask_d_A, acc_rot, acc_tr, ctf_correct=True):
     return dict(rlnOutputRootName="Class2D/job002/run", rlnModelStarFile=f"Class2D/job002/run_it{it:03d}_model.star",
                 rlnExperimentalDataStarFile=f"Class2D/job002/run_it{it:03d}_data.star",
                 rlnOrientSamplingStarFile="None", rlnCurrentIteration=it, rlnNumberOfIterations=it,
                 rlnDoSplitRandomHalves=0, rlnParticleDiameter=float(mask_d_A), rlnWidthMaskEdge=MASK_EDGE_PX,
                 rlnDoZeroMask=1, rlnDoSolventFlattening=1, rlnDoAutoRefine=0, rlnDoSkipAlign=0,
                 rlnOverallAccuracyRotations=float(acc_rot), rlnOverallAccuracyTranslationsAngst=float(acc_tr),
-                rlnDoCorrectNorm=1, rlnDoCorrectScale=1, rlnDoCorrectCtf=1, rlnDoIgnoreCtfUntilFirstPeak=0,
+                rlnDoCorrectNorm=1, rlnDoCorrectScale=1, rlnDoCorrectCtf=int(bool(ctf_correct)), rlnDoIgnoreCtfUntilFirstPeak=0,
                 rlnCtfDataArePhaseFlipped=0, rlnDoGradientRefine=0)
 
 
@@ -309,7 +318,7 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     """Classify the project's Import/job001/particles.star into Class2D/job002/run_itNNN_*
     (RELION 3.1 layout) as described in the module docstring. ``s`` is the job spec (K, n_iter,
     snr, tau2_fudge, offset_range). Returns a one-line description of what was run."""
-    P = _Particles(proj_dir)
+    P = _Particles(proj_dir, s.get("ctf_correct", True))
     N, n = P.images.shape[0], P.images.shape[-1]
     K, it = int(s["K"]), int(s["n_iter"])
     groups = _groups(P)
@@ -337,6 +346,15 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     loglik = np.zeros(N)
     background = soft_circle_mask(n, 0.45 * n, 1) < 0.5
     noise_var = float(np.mean([im[background].var() for im in P.images[:200]]))
+    noise_F = noise_var * n * n                 # white noise: the same power in every shell
+    shells_n = _shell_index(n)
+    if s.get("noise_model", "white") != "white":
+        # coloured noise: its power per shell (the mean image power; signal is a small part at
+        # these SNRs), used to whiten the alignment and to weight the MAP average, as RELION's sigma2
+        power = _shell_mean(np.mean([np.abs(np.fft.fft2(im)) ** 2 for im in P.images[:500]], 0),
+                            shells_n, n // 2 + 1)
+        noise_F = power * (noise_F / power[1:].mean())
+        P.whiten = 1 / np.sqrt(np.maximum(noise_F[np.minimum(shells_n, n // 2)], 1e-30) / noise_F[1:].mean())
     rows_classes, ssnr_tabs, acc_all, raws = [], {}, [], {}
     for k in range(1, K + 1):
         members = np.where(cls == k)[0]
@@ -362,7 +380,6 @@ def quick_class2d(proj_dir, s, mask_d_A, rng, log=print):
     nsh = n // 2 + 1
     big = [r[2] for k, r in raws.items() if (cls == k).sum() >= 20] or [r[2] for r in raws.values()] or [nsh - 1]
     limit = min(max(big) + 10, nsh - 1)
-    noise_F = noise_var * n * n
     for k in range(1, K + 1):
         if k not in raws:
             rows_classes.append((k, 0.0, 999.0, 999.0, 999.0))
@@ -426,4 +443,4 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
     write_star(root + "_data.star", [format_block("optics", P.optics_cols, P.optics_rows),
                                      format_block("particles", pcols, prow)])
     write_star(root + "_optimiser.star",
-               [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr))])
+               [_general_block("optimiser_general", _optimiser_general(it, mask_d_A, acc_rot, acc_tr, P.ctf_correct))])
