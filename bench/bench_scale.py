@@ -1,7 +1,7 @@
 """Facility-scale benchmark, everything timed in ONE run on this machine.
 
     python bench/bench_scale.py [--sizes 10000,1000000,5000000] [--classes 200] [--workdir /tmp/rer_bench]
-                                [--model models/relion_external_rank_v3.pt] [--j 2]
+                                [--model models/relion_external_rank_v3.npz] [--j 2]
 
 For each particle count it makes a synthetic Class2D job (bench/make_big_job.py; reused if
 present) and times, side by side: our whole job (``relion_external_rank.py``), our particle

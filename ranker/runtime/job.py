@@ -10,6 +10,7 @@ from the process start (:func:`process_start`) to the ``Total time`` line.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -79,22 +80,35 @@ class Log:
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     """Everything between reading the inputs and renaming the outputs into place.
 
-    Torch is imported and the model loaded in a background process while data.star is
-    read, and the report is drawn in another while particles.star is written."""
+    The scorer runs in a background process: it loads the model and runs the classes'
+    images through the networks (the costly part of scoring, which needs no features) while
+    data.star is read; the report is drawn in another while particles.star is written.
+    Where torch is needed (a GPU, a torch weights file), the scorer starts at once, so that
+    torch's import overlaps with everything else; otherwise once the Class2D job is read."""
     from .background import Background, Inbox
-    from .model import score_when_ready
+    from .model import score_when_ready, uses_torch
 
-    inbox = Inbox()
-    scorer = Background(score_when_ready, inbox, opts.model, opts.device, opts.threads, opts.job_context)
+    inbox, started = Inbox(), []
+    job_box = Inbox() if uses_torch(opts.model, opts.device) else None
+
+    def start_scorer(early):
+        started.append(Background(score_when_ready, inbox, opts.model, opts.device, opts.threads,
+                                  opts.job_context, early))
+
+    if job_box is not None:
+        start_scorer(lambda: early_network_images(job_box.get()))
     try:
-        run_stages(opts, jobdir, log, scorer, inbox)
+        run_stages(opts, jobdir, log, started, start_scorer, inbox, job_box)
     finally:
-        scorer.cancel()
+        for scorer in started:
+            scorer.cancel()
 
 
-def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
+def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, start_scorer, inbox, job_box) -> None:
     """The stages, in order. Each ends with its ' + ' timing line in run.out and, where
-    marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs)."""
+    marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs).
+    ``started``: the scorer, if already started; else ``start_scorer(early)`` starts it, with
+    the job's early network images."""
     from .background import Background
 
     def stage_done(name: str, poll_abort: bool = True) -> None:
@@ -103,9 +117,13 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
             jobdir.check_abort()
 
     import_job_modules()
-    stage_done("imports (numpy, scipy, the job's modules) and set-up; torch meanwhile in a background process",
-               poll_abort=False)
+    stage_done("imports (numpy, scipy, the job's modules) and set-up", poll_abort=False)
     job = read_class2d_job(opts, log)
+    if job_box is not None:
+        job_box.put(job)  # to the scorer, started before
+    else:
+        start_scorer(functools.partial(early_network_images, job))
+    scorer = started[0]
     stage_done("read optimiser and model")
     parts = count_particles_per_class(job, jobdir, log)
     stage_done("count particles per class")
@@ -133,7 +151,7 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
 
 def import_job_modules() -> None:
     """Import what the stages use (numpy, scipy, ...), so that the stage timings do not hide
-    import time. Done after the scorer's fork: torch is imported there meanwhile."""
+    import time (and before the scorer's fork, which then needs not import them again)."""
     from . import class2d, features, fourier, outputs, particles, selection, star  # noqa: F401
 
 
@@ -204,19 +222,39 @@ def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
     return images, fs
 
 
+def early_network_images(job):
+    """The network images of every class with particles (distribution > 0), exactly as
+    :func:`featurise_classes` will make them, for the scorer to run through the networks
+    while data.star is read; None where they depend on data.star (CTFs ignored until the
+    first peak: the last particle row's defocus)."""
+    if job.ignore_ctf_until_first_peak:
+        return None
+    import numpy as np
+
+    from .features import network_image
+
+    rows = [i for i, c in enumerate(job.classes) if c.distribution > 0]
+    if not rows:
+        return None
+    return network_image(job.load_images()[rows], job.pixel_size_A, job.particle_diameter_A).astype(np.float32)
+
+
 def score_classes(job, fs, scorer, inbox, log: Log):
-    """Hand the features to the scorer (which has imported torch and loaded the model
-    meanwhile) and wait for its scores. Returns ({class number: score}, raw scores in
-    feature-row order, the model file)."""
+    """Hand the features to the scorer (which has loaded the model and run the class images
+    through the networks meanwhile) and wait for its scores. Returns ({class number: score},
+    raw scores in feature-row order, the model file)."""
     inbox.put((fs.vectors, fs.images))
-    raw_scores, model_path, device, context, timing = scorer.result()
+    raw_scores, model_path, device, engine, context, timing = scorer.result()
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
-    log(f"  model {model_path} on {device}" + ("; scores read beside this job's best class (job context; "
-                                               "--job_context false scores each class alone)" if context else ""))
-    where = (f"in a background process, {timing['began'] - log.t0:.2f} s to {timing['loaded'] - log.t0:.2f} s "
+    log(f"  model {model_path} on {device} ({engine})" + ("; scores read beside this job's best class (job "
+                                                        "context; --job_context false scores each class alone)"
+                                                        if context else ""))
+    where = (f"in a background process, {timing['began'] - log.t0:.2f} s to {timing['early_done'] - log.t0:.2f} s "
              f"after the start, alongside the stages above" if scorer.proc is not None else "in this stage")
-    log(f"  torch {timing['torch']} imported in {timing['imported'] - timing['began']:.2f} s and the model loaded "
-        f"in {timing['loaded'] - timing['imported']:.2f} s ({where})")
+    torch_text = f"torch {timing['torch']} imported" if timing["torch"] else "torch not imported"
+    log(f"  model loaded in {timing['loaded'] - timing['began']:.2f} s ({torch_text}) and {timing['n_early']} class "
+        f"images run through the networks in {timing['early_done'] - timing['loaded']:.2f} s ({where}); "
+        f"{timing['reused']} of the {len(fs.rows)} scored classes among them")
     return scores, raw_scores, model_path
 
 
@@ -373,6 +411,10 @@ def program() -> None:
     closed and the background processes are joined, so skipping the interpreter's teardown
     (about 50 ms with numpy and scipy loaded) loses nothing, and the job ends when run.out's
     Total time says it does."""
+    # numpy's BLAS threads spin while they wait: on a busy machine two of them made the
+    # networks' forward pass 4x slower than one. The job's parallelism is its processes.
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     status = main()
     try:
         sys.stdout.flush()
