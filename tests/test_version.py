@@ -46,8 +46,9 @@ def test_run_out_has_version_and_stage_timings_that_add_up_to_the_wall_time(sim_
     names = [name for name, _s in stages]
     assert names[0].startswith("start-up (Python start-up and imports before main(), since the process started")
     assert names[1].startswith("imports (numpy, scipy")
-    for name in ("read optimiser and model", "count particles per class", "features and network images", "scores",
-                 "selection", "write STAR outputs", "move outputs into place"):
+    for name in ("read optimiser and model", "count particles (per class: while particles.star is written)",
+                 "features and network images", "rank_data.star (a copy of data.star), while the scorer finishes",
+                 "scores", "selection", "write STAR outputs", "move outputs into place"):
         assert name in names
     assert stages[0][1] > 0  # the interpreter's own start-up takes some time
     model_line = next(l for l in lines if l.startswith("  model loaded in "))

@@ -125,24 +125,43 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, start_sco
         start_scorer(functools.partial(early_network_images, job))
     scorer = started[0]
     stage_done("read optimiser and model")
-    parts = count_particles_per_class(job, jobdir, log)
-    stage_done("count particles per class")
+    # Without the minimum-particle rule nothing before particles.star needs the particles of
+    # each class: they are counted while it is written, and this pass counts rows only.
+    parts = count_particles_per_class(job, jobdir, log, per_class=opts.select_min_nr_particles > 0)
+    stage_done("count particles per class" if parts.per_class else
+               "count particles (per class: while particles.star is written)")
     images, fs = featurise_classes(job, parts, opts.threads, jobdir, log)
     stage_done("features and network images")
+    copy_rank_data(jobdir, job)
+    stage_done("rank_data.star (a copy of data.star), while the scorer finishes")
     scores, raw_scores, model_path = score_classes(job, fs, scorer, inbox, log)
     stage_done("scores")
     sel, threshold_text = apply_selection_rules(opts, scores, raw_scores, parts, log)
     stage_done("selection", poll_abort=False)
-    write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
-    report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
-                        scores, parts, sel, threshold_text, model_path)  # drawn while particles.star is written
+
+    def start_report():
+        return Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
+                          scores, parts, sel, threshold_text, model_path)
+
+    report = None
     try:
-        n_written = write_particles_star(job, sel, jobdir)
+        if parts.per_class:  # counts known: the report is drawn while particles.star is written
+            report = start_report()
+            write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
+            n_written = write_particles_star(job, sel, jobdir)
+        else:
+            n_written = write_particles_star(job, sel, jobdir, counts=parts.counts)
+            check_class_numbers(job, parts)
+            log(f"  {len(parts.counts)} non-empty classes (counted while particles.star was written)")
+            sel.n_particles = n_written
+            report = start_report()
+            write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
         stage_done("write STAR outputs", poll_abort=False)
         report.result()
     finally:
-        report.cancel()
-    stage_done("report (logfile.pdf, logfile.png), drawn while particles.star was written")
+        if report is not None:
+            report.cancel()
+    stage_done("report (logfile.pdf, logfile.png), drawn alongside the STAR outputs")
     move_outputs_into_place(jobdir)
     stage_done("move outputs into place", poll_abort=False)
     log_results(job, parts, scores, sel, n_written, jobdir, log)
@@ -192,19 +211,29 @@ def read_class2d_job(opts: Options, log: Log):
     return job
 
 
-def count_particles_per_class(job, jobdir: JobDir, log: Log):
-    """Stream data.star once: particles per class, optics groups (flat memory)."""
+def count_particles_per_class(job, jobdir: JobDir, log: Log, per_class: bool = True):
+    """Stream data.star once: particles per class (or, ``per_class`` False, only the
+    particles: :func:`write_particles_star` counts the classes), optics groups (flat memory)."""
     from .particles import scan_particles
+
+    parts = scan_particles(job.data_path, abort=jobdir.check_abort, per_class=per_class)
+    if per_class:
+        check_class_numbers(job, parts)
+        log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
+            f"{parts.n_optics_groups} optics group(s)")
+    else:
+        log(f"  {parts.n_particles} particles, {parts.n_optics_groups} optics group(s)")
+    return parts
+
+
+def check_class_numbers(job, parts) -> None:
+    """Every particle's class must be one of the model's."""
     from .star import StarError
 
-    parts = scan_particles(job.data_path, abort=jobdir.check_abort)
     unknown = sorted(set(parts.counts) - {c.class_number for c in job.classes})
     if unknown:
         raise StarError(f"{job.data_path}: particles belong to class(es) {unknown[:5]} that "
                         f"{job.model_path} does not have ({job.nr_classes} classes)")
-    log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
-        f"{parts.n_optics_groups} optics group(s)")
-    return parts
 
 
 def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
@@ -278,15 +307,21 @@ def apply_selection_rules(opts: Options, scores: dict, raw_scores, parts, log: L
     return sel, threshold_text
 
 
+def copy_rank_data(jobdir: JobDir, job) -> None:
+    """rank_data.star, a byte copy of data.star (temporary name); needs no scores."""
+    from . import outputs
+
+    outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
+
+
 def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel, parts) -> None:
-    """The small STAR outputs (rank_model/optimiser/data, backup_selection, class_averages,
-    and features if asked), under temporary names."""
+    """The small STAR outputs (rank_model/optimiser, backup_selection, class_averages, and
+    features if asked), under temporary names."""
     from . import outputs
 
     rank_model = jobdir.file("rank_model.star")
     outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
     outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model, jobdir.file("rank_data.star"))
-    outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
     outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
     outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
     if opts.write_features:
@@ -294,12 +329,13 @@ def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel
                                jobdir.file("features_images.mrcs"), job, fs, scores)
 
 
-def write_particles_star(job, sel, jobdir: JobDir) -> int:
+def write_particles_star(job, sel, jobdir: JobDir, counts: dict | None = None) -> int:
     """particles.star: the selected classes' rows copied byte for byte (temporary name).
-    Returns the number of particles written."""
+    Returns the number of particles written; fills ``counts`` (class -> particles), if given."""
     from .particles import write_selected
 
-    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
+    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort,
+                          counts=counts)
 
 
 def move_outputs_into_place(jobdir: JobDir) -> None:
