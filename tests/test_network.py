@@ -195,3 +195,19 @@ def test_device_cuda_runs_the_networks_in_torch(monkeypatch, test_model):
         assert r.device == device.replace("auto", "cuda") and r.engine == "torch"
         assert np.abs(r.score_job(v, im) - load_model(test_model, device="cpu").score_job(v, im)).max() < 1e-5
     assert modelmod.uses_torch(test_model, "auto") and not modelmod.uses_torch(test_model, "cpu")
+
+
+def test_cnn_work_shared_by_a_forked_process_gives_the_same_scores(test_model):
+    from ranker.runtime.background import Background
+    from ranker.runtime.model import CNNWork
+
+    rng = np.random.default_rng(8)
+    v, im = rng.normal(size=(13, 24)).astype(np.float32), rng.normal(size=(13, 64, 64)).astype(np.float32)
+    r = load_model(test_model, device="cpu")
+    work = CNNWork(r, im, batch=4)
+    helper = Background(work.work)
+    here = work.work()
+    assert here + helper.result() == work.units == 4 * len(r.states)
+    assert np.abs(work.result - r._image_vectors(im)).max() < 1e-6
+    assert r.precompute_from(work) == 13 and r.precomputed(im) == 13
+    assert np.abs(r.score_job(v, im) - load_model(test_model, device="cpu").score_job(v, im)).max() < 1e-6

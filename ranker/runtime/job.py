@@ -10,7 +10,6 @@ from the process start (:func:`process_start`) to the ``Total time`` line.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
@@ -80,35 +79,29 @@ class Log:
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     """Everything between reading the inputs and renaming the outputs into place.
 
-    The scorer runs in a background process: it loads the model and runs the classes'
-    images through the networks (the costly part of scoring, which needs no features) while
-    data.star is read; the report is drawn in another while particles.star is written.
-    Where torch is needed (a GPU, a torch weights file), the scorer starts at once, so that
-    torch's import overlaps with everything else; otherwise once the Class2D job is read."""
+    The networks run alongside the particle count (:func:`start_networks`); the report is
+    drawn alongside the STAR outputs. Where torch is needed (a GPU, a torch weights file),
+    the scorer process starts at once, so that torch's import overlaps with everything else."""
     from .background import Background, Inbox
     from .model import score_when_ready, uses_torch
 
     inbox, started = Inbox(), []
     job_box = Inbox() if uses_torch(opts.model, opts.device) else None
-
-    def start_scorer(early):
-        started.append(Background(score_when_ready, inbox, opts.model, opts.device, opts.threads,
-                                  opts.job_context, early))
-
     if job_box is not None:
-        start_scorer(lambda: early_network_images(job_box.get()))
+        started.append(Background(score_when_ready, inbox, opts.model, opts.device, opts.threads, opts.job_context,
+                                  lambda: early_network_images(job_box.get())))
     try:
-        run_stages(opts, jobdir, log, started, start_scorer, inbox, job_box)
+        run_stages(opts, jobdir, log, started, inbox, job_box)
     finally:
-        for scorer in started:
-            scorer.cancel()
+        for process in started:
+            process.cancel()
 
 
-def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, start_scorer, inbox, job_box) -> None:
+def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, job_box) -> None:
     """The stages, in order. Each ends with its ' + ' timing line in run.out and, where
     marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs).
-    ``started``: the scorer, if already started; else ``start_scorer(early)`` starts it, with
-    the job's early network images."""
+    ``started``: background processes (the torch scorer, if started; the networks' helper is
+    added); ``job_box``: the torch scorer's inbox for the Class2D job, or None."""
     from .background import Background
 
     def stage_done(name: str, poll_abort: bool = True) -> None:
@@ -119,12 +112,13 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, start_sco
     import_job_modules()
     stage_done("imports (numpy, scipy, the job's modules) and set-up", poll_abort=False)
     job = read_class2d_job(opts, log)
-    if job_box is not None:
-        job_box.put(job)  # to the scorer, started before
-    else:
-        start_scorer(functools.partial(early_network_images, job))
-    scorer = started[0]
     stage_done("read optimiser and model")
+    if job_box is not None:
+        job_box.put(job)  # to the torch scorer, started before
+        cnn = None
+    else:
+        cnn = start_networks(opts, job, started)
+        stage_done("load the networks; the class images start through them in a background process")
     # Without the minimum-particle rule nothing before particles.star needs the particles of
     # each class: they are counted while it is written, and this pass counts rows only.
     parts = count_particles_per_class(job, jobdir, log, per_class=opts.select_min_nr_particles > 0)
@@ -134,7 +128,7 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, start_sco
     stage_done("features and network images")
     copy_rank_data(jobdir, job)
     stage_done("rank_data.star (a copy of data.star), while the scorer finishes")
-    scores, raw_scores, model_path = score_classes(job, fs, scorer, inbox, log)
+    scores, raw_scores, model_path = score_classes(job, fs, started[0], cnn, inbox, opts.job_context, log)
     stage_done("scores")
     sel, threshold_text = apply_selection_rules(opts, scores, raw_scores, parts, log)
     stage_done("selection", poll_abort=False)
@@ -268,23 +262,67 @@ def early_network_images(job):
     return network_image(job.load_images()[rows], job.pixel_size_A, job.particle_diameter_A).astype(np.float32)
 
 
-def score_classes(job, fs, scorer, inbox, log: Log):
-    """Hand the features to the scorer (which has loaded the model and run the class images
-    through the networks meanwhile) and wait for its scores. Returns ({class number: score},
-    raw scores in feature-row order, the model file)."""
-    inbox.put((fs.vectors, fs.images))
-    raw_scores, model_path, device, engine, context, timing = scorer.result()
+def start_networks(opts: Options, job, started: list):
+    """Load the networks (numpy) and start a background process on the class images (the
+    costly part of scoring, which needs no features; :class:`ranker.runtime.model.CNNWork`).
+    Returns the work, which this process joins once its features are done."""
+    import numpy as np
+
+    from .background import Background
+    from .model import IMAGE_PX, CNNWork, load_model
+
+    began = time.perf_counter()
+    ranker = load_model(opts.model, device=opts.device, threads=opts.threads)
+    try:
+        images = early_network_images(job)
+    except Exception:  # noqa: BLE001 - only a head start; featurise_classes reports what is wrong
+        images = None
+    work = CNNWork(ranker, images if images is not None else np.zeros((0, IMAGE_PX, IMAGE_PX), np.float32))
+    work.began = began
+
+    def helper():
+        t = time.perf_counter()
+        return work.work(), t, time.perf_counter()
+
+    started.append(Background(helper))
+    return work
+
+
+def score_classes(job, fs, scorer, cnn, inbox, use_context: bool, log: Log):
+    """The scores of the featurised classes. ``cnn``: the networks' work on the class images
+    (numpy): this process does what the background one has not, then scores here; None: the
+    torch scorer process does everything, given the features. Returns ({class number:
+    score}, raw scores in feature-row order, the model file)."""
+    if cnn is None:
+        inbox.put((fs.vectors, fs.images))
+        raw_scores, model_path, device, engine, context, timing = scorer.result()
+        log(f"  model {model_path} on {device} ({engine})" + (_CONTEXT_NOTE if context else ""))
+        where = (f"in a background process, {timing['began'] - log.t0:.2f} s to {timing['early_done'] - log.t0:.2f} "
+                 f"s after the start, alongside the stages above" if scorer.proc is not None else "in this stage")
+        torch_text = f"torch {timing['torch']} imported" if timing["torch"] else "torch not imported"
+        log(f"  model loaded in {timing['loaded'] - timing['began']:.2f} s ({torch_text}) and {timing['n_early']} "
+            f"class images run through the networks in {timing['early_done'] - timing['loaded']:.2f} s ({where}); "
+            f"{timing['reused']} of the {len(fs.rows)} scored classes among them")
+    else:
+        ranker = cnn.ranker
+        here = cnn.work()
+        there, began, ended = scorer.result()
+        ranker.precompute_from(cnn)
+        reused = ranker.precomputed(fs.images)
+        raw_scores = ranker.score_job(fs.vectors, fs.images, use_context)
+        model_path = ranker.path
+        log(f"  model {model_path} on {ranker.device} ({ranker.engine})" +
+            (_CONTEXT_NOTE if ranker.context_applies(use_context) else ""))
+        where = (f"a background process, {began - log.t0:.2f} s to {ended - log.t0:.2f} s after the start,"
+                 if scorer.proc is not None else "this process")
+        log(f"  model loaded in {ranker.load_seconds:.2f} s (torch not imported); {len(cnn.images)} class images "
+            f"through {len(ranker.states)} network(s) in {cnn.units} batches: {there} in {where} {here} in this "
+            f"stage; {reused} of the {len(fs.rows)} scored classes among them")
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
-    log(f"  model {model_path} on {device} ({engine})" + ("; scores read beside this job's best class (job "
-                                                        "context; --job_context false scores each class alone)"
-                                                        if context else ""))
-    where = (f"in a background process, {timing['began'] - log.t0:.2f} s to {timing['early_done'] - log.t0:.2f} s "
-             f"after the start, alongside the stages above" if scorer.proc is not None else "in this stage")
-    torch_text = f"torch {timing['torch']} imported" if timing["torch"] else "torch not imported"
-    log(f"  model loaded in {timing['loaded'] - timing['began']:.2f} s ({torch_text}) and {timing['n_early']} class "
-        f"images run through the networks in {timing['early_done'] - timing['loaded']:.2f} s ({where}); "
-        f"{timing['reused']} of the {len(fs.rows)} scored classes among them")
     return scores, raw_scores, model_path
+
+
+_CONTEXT_NOTE = "; scores read beside this job's best class (job context; --job_context false scores each class alone)"
 
 
 def apply_selection_rules(opts: Options, scores: dict, raw_scores, parts, log: Log):
