@@ -204,10 +204,54 @@ def test_cnn_work_shared_by_a_forked_process_gives_the_same_scores(test_model):
     rng = np.random.default_rng(8)
     v, im = rng.normal(size=(13, 24)).astype(np.float32), rng.normal(size=(13, 64, 64)).astype(np.float32)
     r = load_model(test_model, device="cpu")
-    work = CNNWork(r, im, batch=4)
-    helper = Background(work.work)
-    here = work.work()
+    work = CNNWork(r, len(im), batch=4)
+
+    def helper_fn():
+        work.fill(lambda: im)
+        return work.work()
+
+    helper = Background(helper_fn)
+    here = work.work(alive=lambda: helper.proc is None or helper.proc.is_alive())
     assert here + helper.result() == work.units == 4 * len(r.states)
     assert np.abs(work.result - r._image_vectors(im)).max() < 1e-6
     assert r.precompute_from(work) == 13 and r.precomputed(im) == 13
     assert np.abs(r.score_job(v, im) - load_model(test_model, device="cpu").score_job(v, im)).max() < 1e-6
+
+
+def test_cnn_work_without_images_does_nothing(test_model):
+    from ranker.runtime.model import CNNWork
+
+    r = load_model(test_model, device="cpu")
+    work = CNNWork(r, 5)
+    work.fill(lambda: None)  # e.g. CTFs ignored until the first peak: images only after data.star
+    assert work.work() == 0 and work.ready_count == 0 and r.precompute_from(work) == 0
+    work = CNNWork(r, 5)
+    assert work.work(alive=lambda: False) == 0  # the maker died before filling
+
+
+def test_cnn_work_without_fork_is_done_by_one_process(test_model, monkeypatch):
+    import multiprocessing
+
+    from ranker.runtime.model import CNNWork
+
+    def no_fork(method=None):
+        raise ValueError("no fork")
+
+    monkeypatch.setattr(multiprocessing, "get_context", no_fork)
+    r = load_model(test_model, device="cpu")
+    im = np.random.default_rng(9).normal(size=(5, 64, 64)).astype(np.float32)
+    work = CNNWork(r, 5, batch=2)
+    work.fill(lambda: im)
+    work.fill(lambda: 1 / 0)  # made once
+    assert work.work() == work.units == 3 * len(r.states) and work.ready_count == 5
+    assert np.abs(work.result - r._image_vectors(im)).max() < 1e-6
+
+
+def test_j_n_runs_the_networks_in_n_processes(sim_project, monkeypatch, capsys):
+    from ranker.runtime import job as jobmod
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert jobmod.main(["--o", "External/job006/", "--in_optimiser", "Class2D/job002/run_it020_optimiser.star",
+                        "--j", "3"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("  model loaded in "))
+    assert "in 2 background processes" in line and line.endswith("9 of the 9 scored classes among them")

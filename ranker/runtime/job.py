@@ -118,13 +118,13 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, jo
         cnn = None
     else:
         cnn = start_networks(opts, job, started)
-        stage_done("load the networks; the class images start through them in a background process")
+        stage_done("class images and networks loaded; the networks start on the images in a background process")
     # Without the minimum-particle rule nothing before particles.star needs the particles of
     # each class: they are counted while it is written, and this pass counts rows only.
     parts = count_particles_per_class(job, jobdir, log, per_class=opts.select_min_nr_particles > 0)
     stage_done("count particles per class" if parts.per_class else
-               "count particles (per class: while particles.star is written)")
-    images, fs = featurise_classes(job, parts, opts.threads, jobdir, log)
+               "count particles (per class later, while particles.star is written)")
+    images, fs = featurise_classes(job, parts, opts.threads, jobdir, log, cnn.class_images if cnn else None)
     stage_done("features and network images")
     copy_rank_data(jobdir, job)
     stage_done("rank_data.star (a copy of data.star), while the scorer finishes")
@@ -230,12 +230,12 @@ def check_class_numbers(job, parts) -> None:
                         f"{job.model_path} does not have ({job.nr_classes} classes)")
 
 
-def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
-    """The class images, and RELION's 24 features and 64x64 network image of every class
-    with more than 10 particles. Returns (images, feature set)."""
+def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log, images=None):
+    """The class images (``images``: loaded before), and RELION's 24 features and 64x64
+    network image of every class with more than 10 particles. Returns (images, feature set)."""
     from . import features, fourier
 
-    images = job.load_images()
+    images = job.load_images() if images is None else images
     fourier.WORKERS = threads
     fs = features.compute_features(job, images, parts.n_particles, parts.optics, parts.last_row,
                                    abort=jobdir.check_abort)
@@ -245,11 +245,11 @@ def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
     return images, fs
 
 
-def early_network_images(job):
+def early_network_images(job, images=None):
     """The network images of every class with particles (distribution > 0), exactly as
-    :func:`featurise_classes` will make them, for the scorer to run through the networks
-    while data.star is read; None where they depend on data.star (CTFs ignored until the
-    first peak: the last particle row's defocus)."""
+    :func:`featurise_classes` will make them (``images``: the class images, if loaded), for
+    the networks to start on while data.star is read; None where they depend on data.star
+    (CTFs ignored until the first peak: the last particle row's defocus)."""
     if job.ignore_ctf_until_first_peak:
         return None
     import numpy as np
@@ -259,32 +259,32 @@ def early_network_images(job):
     rows = [i for i, c in enumerate(job.classes) if c.distribution > 0]
     if not rows:
         return None
-    return network_image(job.load_images()[rows], job.pixel_size_A, job.particle_diameter_A).astype(np.float32)
+    images = job.load_images() if images is None else images
+    return network_image(images[rows], job.pixel_size_A, job.particle_diameter_A).astype(np.float32)
 
 
 def start_networks(opts: Options, job, started: list):
-    """Load the networks (numpy) and start a background process on the class images (the
-    costly part of scoring, which needs no features; :class:`ranker.runtime.model.CNNWork`).
-    Returns the work, which this process joins once its features are done."""
-    import numpy as np
-
+    """Load the class images and the networks (numpy), and start a background process that
+    makes the classes' network images and runs them through the networks (the costly part
+    of scoring, which needs no features; :class:`ranker.runtime.model.CNNWork`). Returns the
+    work (with ``class_images``), which this process joins once its features are done."""
     from .background import Background
-    from .model import IMAGE_PX, CNNWork, load_model
+    from .model import CNNWork, load_model
 
     began = time.perf_counter()
+    images = job.load_images()  # once, for both processes (the features need them too)
     ranker = load_model(opts.model, device=opts.device, threads=opts.threads)
-    try:
-        images = early_network_images(job)
-    except Exception:  # noqa: BLE001 - only a head start; featurise_classes reports what is wrong
-        images = None
-    work = CNNWork(ranker, images if images is not None else np.zeros((0, IMAGE_PX, IMAGE_PX), np.float32))
-    work.began = began
+    work = CNNWork(ranker, sum(c.distribution > 0 for c in job.classes))
+    work.began, work.class_images = began, images
 
     def helper():
         t = time.perf_counter()
+        work.fill(lambda: early_network_images(job, images))  # the first helper makes them, the others wait
         return work.work(), t, time.perf_counter()
 
-    started.append(Background(helper))
+    # --j N: N - 1 helpers (at least one) and this process, once its features are done
+    work.helpers = [Background(helper) for _ in range(max(1, min(opts.threads or 1, os.cpu_count() or 1) - 1))]
+    started.extend(work.helpers)
     return work
 
 
@@ -305,17 +305,19 @@ def score_classes(job, fs, scorer, cnn, inbox, use_context: bool, log: Log):
             f"{timing['reused']} of the {len(fs.rows)} scored classes among them")
     else:
         ranker = cnn.ranker
-        here = cnn.work()
-        there, began, ended = scorer.result()
+        here = cnn.work(alive=lambda: any(h.proc is None or h.proc.is_alive() for h in cnn.helpers))
+        done = [h.result() for h in cnn.helpers]
+        there, began, ended = sum(d[0] for d in done), min(d[1] for d in done), max(d[2] for d in done)
         ranker.precompute_from(cnn)
         reused = ranker.precomputed(fs.images)
         raw_scores = ranker.score_job(fs.vectors, fs.images, use_context)
         model_path = ranker.path
         log(f"  model {model_path} on {ranker.device} ({ranker.engine})" +
             (_CONTEXT_NOTE if ranker.context_applies(use_context) else ""))
-        where = (f"a background process, {began - log.t0:.2f} s to {ended - log.t0:.2f} s after the start,"
-                 if scorer.proc is not None else "this process")
-        log(f"  model loaded in {ranker.load_seconds:.2f} s (torch not imported); {len(cnn.images)} class images "
+        n = len(cnn.helpers)
+        where = (f"{'a background process' if n == 1 else f'{n} background processes'}, {began - log.t0:.2f} s to "
+                 f"{ended - log.t0:.2f} s after the start," if cnn.helpers[0].proc is not None else "this process")
+        log(f"  model loaded in {ranker.load_seconds:.2f} s (torch not imported); {cnn.ready_count} class images "
             f"through {len(ranker.states)} network(s) in {cnn.units} batches: {there} in {where} {here} in this "
             f"stage; {reused} of the {len(fs.rows)} scored classes among them")
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}

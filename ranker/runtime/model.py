@@ -242,9 +242,10 @@ class Ranker:
 
     def precompute_from(self, work: "CNNWork") -> int:
         """Take the image vectors a :class:`CNNWork` has made (as :meth:`precompute`)."""
-        vecs = np.moveaxis(work.result, 2, 0)  # K, members, views, 48
-        self._precomputed.update(zip(map(self._key, work.images), vecs))
-        return len(work.images)
+        n = work.ready_count
+        vecs = np.moveaxis(work.result[:, :, :n], 2, 0)  # K, members, views, 48
+        self._precomputed.update(zip(map(self._key, work.images[:n]), vecs))
+        return n
 
     def _key(self, image: np.ndarray):
         import hashlib
@@ -280,32 +281,59 @@ class Ranker:
 
 
 class CNNWork:
-    """The image vectors of ``images`` (K, 64, 64) by every network of a numpy-engine
-    :class:`Ranker`, in units of one network x ``batch`` images, done by whichever
-    processes call :meth:`work`: made before a fork, its unit counter and ``result``
-    ((members, views, K, 48) float32) live in shared memory. So the job's background
-    process starts on them while data.star is read, and the job's own process takes the
-    units left once its features are done (on two cores, the networks' 1.8 s of CPU on the
-    1M job's 200 classes was the longest part). Results do not depend on who did a unit."""
+    """The image vectors of ``count`` images (64 x 64, given by :meth:`fill`) by every
+    network of a numpy-engine :class:`Ranker`, in units of one network x ``batch`` images,
+    done by whichever processes call :meth:`work`. Made before a fork: the images, the unit
+    counter and ``result`` ((members, views, count, 48) float32) live in shared memory. So
+    the job's background process makes the images and starts on them while data.star is
+    read, and the job's own process takes the units left once its features are done (on
+    two cores, the networks' 1.8 s of CPU on the 1M job's 200 classes were the longest
+    part). Results do not depend on who did a unit."""
 
-    def __init__(self, ranker: Ranker, images: np.ndarray, batch: int = NUMPY_BATCH):
-        import mmap
+    def __init__(self, ranker: Ranker, count: int, batch: int = NUMPY_BATCH):
         import multiprocessing as mp
 
-        self.ranker, self.images, self.batch = ranker, np.asarray(images, np.float32), batch
+        self.ranker, self.count, self.batch = ranker, int(count), batch
         members, views = len(ranker.states), 8 if ranker.tta else 1
-        self.batches = -(-len(self.images) // batch)
-        self.units = members * self.batches
-        shape = (members, views, len(self.images), FEATURE_VECTOR)
-        self._shared = mmap.mmap(-1, max(1, int(np.prod(shape)) * 4))  # anonymous: shared with forked children
-        self.result = np.frombuffer(self._shared, np.float32, count=int(np.prod(shape))).reshape(shape)
+        self.units = members * -(-self.count // batch)
+        self.images = _shared_floats((self.count, IMAGE_PX, IMAGE_PX))
+        self.result = _shared_floats((members, views, self.count, FEATURE_VECTOR))
         try:
-            self._next = mp.get_context("fork").Value("l", 0)
-        except ValueError:  # no fork here: one process does every unit
-            self._next = _Counter()
+            ctx = mp.get_context("fork")
+            self._next, self._state, self._ready = ctx.Value("l", 0), ctx.Value("b", 0), ctx.Event()
+        except ValueError:  # no fork here: one process does everything
+            self._next, self._state, self._ready = _Counter(), _Counter(), _Set()
 
-    def work(self) -> int:
-        """Do units until none is left; returns how many this call did."""
+    def fill(self, make) -> None:
+        """Put the images in: ``make()`` -> (count, 64, 64) array, or None (then no unit is
+        done: the images are left to the scoring). Then :meth:`work` may begin. Called by
+        several processes, the first makes them and the others wait."""
+        with self._state.get_lock():
+            if self._ready.wait(0):
+                return
+            try:
+                images = make()
+                if images is not None and images.shape == self.images.shape:
+                    self.images[...] = images
+                    self._state.value = 1
+            except Exception:  # noqa: BLE001 - only a head start: the scores are made in any case
+                pass
+            finally:
+                self._ready.set()
+
+    @property
+    def ready_count(self) -> int:
+        """How many images there are vectors for (after :meth:`work`)."""
+        return self.count if self._state.value == 1 else 0
+
+    def work(self, alive=lambda: True) -> int:
+        """Do units until none is left (once the images are in; ``alive()`` False: their
+        maker died, so do nothing); returns how many this call did."""
+        while not self._ready.wait(0.05):
+            if not alive():
+                return 0
+        if self._state.value != 1:
+            return 0
         done = 0
         while True:
             with self._next.get_lock():
@@ -317,6 +345,27 @@ class CNNWork:
             s = slice(j * self.batch, (j + 1) * self.batch)
             self.result[m, :, s] = self.ranker._image_vectors(self.images[s], self.batch, members=[m])[0]
             done += 1
+
+
+def _shared_floats(shape: tuple) -> np.ndarray:
+    """A float32 array in anonymous shared memory (shared with forked children)."""
+    import mmap
+
+    size = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(1, size * 4)), np.float32, count=size).reshape(shape)
+
+
+class _Set:
+    """multiprocessing.Event's wait/set within one process."""
+
+    def __init__(self):
+        self.done = False
+
+    def wait(self, timeout=None) -> bool:
+        return self.done
+
+    def set(self) -> None:
+        self.done = True
 
 
 class _Counter:
