@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     for r in rows:
         rel = r["relion"]
         print(f"| {r['n']:,} | {r['job'][0]:.2f} s / {r['job'][1]:.0f} MB | "
-              + (f"{rel[0]:.2f} s / {rel[1]:.0f} MB | **{rel[0] / r['job'][0]:.1f}x**" if rel else "not installed | -")
+              + (f"{rel[0]:.2f} s / {rel[1]:.0f} MB | **{rel[0] / r['job'][0]:.2g}x**" if rel else "not installed | -")
               + f" | {r['subset'][0]:.2f} s / {r['subset'][1]:.0f} MB | {r['awk'][0]:.2f} s / {r['awk'][1]:.0f} MB"
               + (f" | {r['subset'][0] / r['awk'][0]:.2f}x |" if r["awk"][0] >= 0.1 else " | - |"))
     print(f"\nexample project (examples/class2d_sim, 20 classes), whole job: {ex_wall:.2f} s, {ex_rss:.0f} MB")
