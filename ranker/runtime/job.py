@@ -260,7 +260,9 @@ def early_network_images(job, images=None):
     if not rows:
         return None
     images = job.load_images() if images is None else images
-    return network_image(images[rows], job.pixel_size_A, job.particle_diameter_A).astype(np.float32)
+    step = 16  # classes at a time: the particle-diameter windows of 300 classes of 400 px take 190 MB at once
+    return np.concatenate([network_image(images[rows[i:i + step]], job.pixel_size_A, job.particle_diameter_A)
+                           .astype(np.float32) for i in range(0, len(rows), step)])
 
 
 def start_networks(opts: Options, job, started: list):
