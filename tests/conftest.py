@@ -71,6 +71,6 @@ def test_model(tmp_path_factory):
     from ranker.runtime.model import build_net, save_model
 
     torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("model") / "test_model.pt")
+    path = str(tmp_path_factory.mktemp("model") / "test_model.npz")
     save_model(build_net(), path, card={"purpose": "tests only: random weights"})
     return path

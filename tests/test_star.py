@@ -70,9 +70,32 @@ def test_stream_selection_31_crlf_quotes_blank_lines(tmp_path):
     s = scan_particles(src)
     assert s.counts == {3: 2, 1: 1, 2: 1} and s.n_particles == 4 and s.optics.rows == [["opticsGroup1", "1", "300.0"]]
     out = str(tmp_path / "out.star")
-    assert write_selected(src, out, [3]) == 2
+    counts = {}
+    assert write_selected(src, out, [3], counts=counts) == 2 and counts == s.counts
     expected = (HEADER31 + "\n".join([rows[0], "", rows[3]]) + "\n \n").replace("\n", "\r\n")
     assert open(out, "rb").read() == expected.encode()
+    quick = scan_particles(src, per_class=False)
+    assert (quick.n_particles, quick.last_row, quick.counts) == (4, s.last_row, {})
+
+
+def test_counting_rows_only_sees_what_the_full_scan_sees(tmp_path):
+    """Comments, a blank line, indented rows and a second table among the rows (rows counted by
+    their newlines must not count those), with chunks small enough for both paths."""
+    import ranker.runtime.particles as particles
+
+    rows = ["1@a.mrcs 3 m1.mrc", "# a comment", "  2@a.mrcs 1 m2.mrc", "", "3@a.mrcs 3 m3.mrc"] * 5
+    tail = "\n\ndata_other\n\nloop_\n_rlnFoo #1\n_rlnBar #2\n1 2\n3 4\n \n"
+    saved = particles.CHUNK_BYTES
+    try:
+        for text in (HEADER31 + "\n".join(rows) + "\n", HEADER31 + "\n".join(rows) + tail,
+                     HEADER31 + "\n".join(rows[:3]) + "\n4@a.mrcs 2 m4.mrc"):  # no newline at the end
+            src = _write(tmp_path, text)
+            for chunk in (saved, 64, 23):
+                particles.CHUNK_BYTES = chunk
+                full, quick = scan_particles(src), scan_particles(src, per_class=False)
+                assert (quick.n_particles, quick.last_row) == (full.n_particles, full.last_row)
+    finally:
+        particles.CHUNK_BYTES = saved
 
 
 def test_stream_selection_relion30(tmp_path):
@@ -131,12 +154,15 @@ def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, e
     try:
         for chunk in (saved, 200, 37):  # one chunk (careful path at the end) and many (fast path)
             particles.CHUNK_BYTES = chunk
-            n = write_selected(src, out, selected)
+            counts = {}
+            n = write_selected(src, out, selected, counts=counts)
             assert open(out, "rb").read().decode() == _reference_select(text, selected)
             assert n == sum(1 for k, _, _ in rows if k in selected)
             summary = scan_particles(src)
-            assert summary.n_particles == len(rows)
+            assert summary.n_particles == len(rows) and counts == summary.counts
             assert summary.last_row["rlnImageName"] == f"{len(rows)}@stack.mrcs"
+            quick = scan_particles(src, per_class=False)
+            assert (quick.n_particles, quick.last_row) == (summary.n_particles, summary.last_row)
     finally:
         particles.CHUNK_BYTES = saved
 

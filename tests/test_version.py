@@ -1,5 +1,5 @@
-"""--version, the version in run.out, and run.out's stage timings (start-up, the torch import in
-the background process, each stage) adding up to the job's wall time."""
+"""--version, the version in run.out, and run.out's stage timings (start-up, the scorer in the
+background process, each stage) adding up to the job's wall time."""
 import os
 import re
 import subprocess
@@ -46,12 +46,14 @@ def test_run_out_has_version_and_stage_timings_that_add_up_to_the_wall_time(sim_
     names = [name for name, _s in stages]
     assert names[0].startswith("start-up (Python start-up and imports before main(), since the process started")
     assert names[1].startswith("imports (numpy, scipy")
-    for name in ("read optimiser and model", "count particles per class", "features and network images", "scores",
-                 "selection", "write STAR outputs", "move outputs into place"):
+    for name in ("read optimiser and model", "count particles (per class later, while particles.star is written)",
+                 "features and network images", "rank_data.star (a copy of data.star), while the scorer finishes",
+                 "scores", "selection", "write STAR outputs", "move outputs into place"):
         assert name in names
     assert stages[0][1] > 0  # the interpreter's own start-up takes some time
-    torch_line = next(l for l in lines if l.startswith("  torch "))
-    assert "imported in" in torch_line and "model loaded in" in torch_line and "background process" in torch_line
+    model_line = next(l for l in lines if l.startswith("  model loaded in "))
+    assert "(torch not imported)" in model_line and "background process" in model_line
+    assert model_line.endswith("9 of the 9 scored classes among them")  # the CNN ran while data.star was read
     total = float(re.match(r"Total time: (\d+\.\d\d) s \(since the process started", lines[-1]).group(1))
     # the + lines add up to the total (each is rounded to 10 ms) ...
     assert abs(sum(s for _n, s in stages) - total) <= 0.005 * (len(stages) + 1)
@@ -60,13 +62,20 @@ def test_run_out_has_version_and_stage_timings_that_add_up_to_the_wall_time(sim_
     assert total <= wall + 0.02 and wall - total < 0.15, (total, wall)
 
 
-def test_torch_is_imported_only_in_the_background_process(sim_project, test_model):
-    """The scorer's results come back as plain values: the job's own process never imports torch
-    (it would cost a second of CPU and ~50 ms at exit)."""
+def test_torch_weights_import_torch_only_in_the_background_process(sim_project, tmp_path):
+    """A torch weights file (.pt) loads in the scorer's process, which imports torch; its results come
+    back as plain values: the job's own process never imports torch (a second of CPU, ~50 ms at exit)."""
+    from ranker.runtime.model import load_model, save_model
+
+    pt = str(tmp_path / "m.pt")
+    r = load_model(None, device="cpu")
+    save_model(r.states, pt, r.card, image_norm=r.image_norm, logit_shift=r.logit_shift, job_context=r.job_context)
     code = (f"import sys; sys.path.insert(0, {ROOT!r}); "
-            f"sys.argv = ['x', '--o', {OUT!r}, '--in_parts', {SIM_DATA!r}, '--model', {test_model!r}]; "
+            f"sys.argv = ['x', '--o', {OUT!r}, '--in_parts', {SIM_DATA!r}, '--model', {pt!r}, '--device', 'cpu']; "
             "from ranker.runtime import job; rc = job.main(); print('torch in the job process:', 'torch' in sys.modules); "
             "sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "torch in the job process: False" in r.stdout
+    line = next(l for l in r.stdout.splitlines() if l.startswith("  model loaded in "))
+    assert "(torch " in line and " imported)" in line and "9 of the 9 scored classes among them" in line

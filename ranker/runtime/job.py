@@ -79,22 +79,29 @@ class Log:
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     """Everything between reading the inputs and renaming the outputs into place.
 
-    Torch is imported and the model loaded in a background process while data.star is
-    read, and the report is drawn in another while particles.star is written."""
+    The networks run alongside the particle count (:func:`start_networks`); the report is
+    drawn alongside the STAR outputs. Where torch is needed (a GPU, a torch weights file),
+    the scorer process starts at once, so that torch's import overlaps with everything else."""
     from .background import Background, Inbox
-    from .model import score_when_ready
+    from .model import score_when_ready, uses_torch
 
-    inbox = Inbox()
-    scorer = Background(score_when_ready, inbox, opts.model, opts.device, opts.threads, opts.job_context)
+    inbox, started = Inbox(), []
+    job_box = Inbox() if uses_torch(opts.model, opts.device) else None
+    if job_box is not None:
+        started.append(Background(score_when_ready, inbox, opts.model, opts.device, opts.threads, opts.job_context,
+                                  lambda: early_network_images(job_box.get())))
     try:
-        run_stages(opts, jobdir, log, scorer, inbox)
+        run_stages(opts, jobdir, log, started, inbox, job_box)
     finally:
-        scorer.cancel()
+        for process in started:
+            process.cancel()
 
 
-def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
+def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, job_box) -> None:
     """The stages, in order. Each ends with its ' + ' timing line in run.out and, where
-    marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs)."""
+    marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs).
+    ``started``: background processes (the torch scorer, if started; the networks' helper is
+    added); ``job_box``: the torch scorer's inbox for the Class2D job, or None."""
     from .background import Background
 
     def stage_done(name: str, poll_abort: bool = True) -> None:
@@ -103,28 +110,52 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
             jobdir.check_abort()
 
     import_job_modules()
-    stage_done("imports (numpy, scipy, the job's modules) and set-up; torch meanwhile in a background process",
-               poll_abort=False)
+    stage_done("imports (numpy, scipy, the job's modules) and set-up", poll_abort=False)
     job = read_class2d_job(opts, log)
     stage_done("read optimiser and model")
-    parts = count_particles_per_class(job, jobdir, log)
-    stage_done("count particles per class")
-    images, fs = featurise_classes(job, parts, opts.threads, jobdir, log)
+    if job_box is not None:
+        job_box.put(job)  # to the torch scorer, started before
+        cnn = None
+    else:
+        cnn = start_networks(opts, job, started)
+        stage_done("class images and networks loaded; the networks start on the images in a background process")
+    # Without the minimum-particle rule nothing before particles.star needs the particles of
+    # each class: they are counted while it is written, and this pass counts rows only.
+    parts = count_particles_per_class(job, jobdir, log, per_class=opts.select_min_nr_particles > 0)
+    stage_done("count particles per class" if parts.per_class else
+               "count particles (per class later, while particles.star is written)")
+    images, fs = featurise_classes(job, parts, opts.threads, jobdir, log, cnn.class_images if cnn else None)
     stage_done("features and network images")
-    scores, raw_scores, model_path = score_classes(job, fs, scorer, inbox, log)
+    copy_rank_data(jobdir, job)
+    stage_done("rank_data.star (a copy of data.star), while the scorer finishes")
+    scores, raw_scores, model_path = score_classes(job, fs, started[0], cnn, inbox, opts.job_context, log)
     stage_done("scores")
     sel, threshold_text = apply_selection_rules(opts, scores, raw_scores, parts, log)
     stage_done("selection", poll_abort=False)
-    write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
-    report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
-                        scores, parts, sel, threshold_text, model_path)  # drawn while particles.star is written
+
+    def start_report():
+        return Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
+                          scores, parts, sel, threshold_text, model_path)
+
+    report = None
     try:
-        n_written = write_particles_star(job, sel, jobdir)
+        if parts.per_class:  # counts known: the report is drawn while particles.star is written
+            report = start_report()
+            write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
+            n_written = write_particles_star(job, sel, jobdir)
+        else:
+            n_written = write_particles_star(job, sel, jobdir, counts=parts.counts)
+            check_class_numbers(job, parts)
+            log(f"  {len(parts.counts)} non-empty classes (counted while particles.star was written)")
+            sel.n_particles = n_written
+            report = start_report()
+            write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
         stage_done("write STAR outputs", poll_abort=False)
         report.result()
     finally:
-        report.cancel()
-    stage_done("report (logfile.pdf, logfile.png), drawn while particles.star was written")
+        if report is not None:
+            report.cancel()
+    stage_done("report (logfile.pdf, logfile.png), drawn alongside the STAR outputs")
     move_outputs_into_place(jobdir)
     stage_done("move outputs into place", poll_abort=False)
     log_results(job, parts, scores, sel, n_written, jobdir, log)
@@ -133,7 +164,7 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
 
 def import_job_modules() -> None:
     """Import what the stages use (numpy, scipy, ...), so that the stage timings do not hide
-    import time. Done after the scorer's fork: torch is imported there meanwhile."""
+    import time (and before the scorer's fork, which then needs not import them again)."""
     from . import class2d, features, fourier, outputs, particles, selection, star  # noqa: F401
 
 
@@ -174,27 +205,37 @@ def read_class2d_job(opts: Options, log: Log):
     return job
 
 
-def count_particles_per_class(job, jobdir: JobDir, log: Log):
-    """Stream data.star once: particles per class, optics groups (flat memory)."""
+def count_particles_per_class(job, jobdir: JobDir, log: Log, per_class: bool = True):
+    """Stream data.star once: particles per class (or, ``per_class`` False, only the
+    particles: :func:`write_particles_star` counts the classes), optics groups (flat memory)."""
     from .particles import scan_particles
+
+    parts = scan_particles(job.data_path, abort=jobdir.check_abort, per_class=per_class)
+    if per_class:
+        check_class_numbers(job, parts)
+        log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
+            f"{parts.n_optics_groups} optics group(s)")
+    else:
+        log(f"  {parts.n_particles} particles, {parts.n_optics_groups} optics group(s)")
+    return parts
+
+
+def check_class_numbers(job, parts) -> None:
+    """Every particle's class must be one of the model's."""
     from .star import StarError
 
-    parts = scan_particles(job.data_path, abort=jobdir.check_abort)
     unknown = sorted(set(parts.counts) - {c.class_number for c in job.classes})
     if unknown:
         raise StarError(f"{job.data_path}: particles belong to class(es) {unknown[:5]} that "
                         f"{job.model_path} does not have ({job.nr_classes} classes)")
-    log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
-        f"{parts.n_optics_groups} optics group(s)")
-    return parts
 
 
-def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
-    """The class images, and RELION's 24 features and 64x64 network image of every class
-    with more than 10 particles. Returns (images, feature set)."""
+def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log, images=None):
+    """The class images (``images``: loaded before), and RELION's 24 features and 64x64
+    network image of every class with more than 10 particles. Returns (images, feature set)."""
     from . import features, fourier
 
-    images = job.load_images()
+    images = job.load_images() if images is None else images
     fourier.WORKERS = threads
     fs = features.compute_features(job, images, parts.n_particles, parts.optics, parts.last_row,
                                    abort=jobdir.check_abort)
@@ -204,20 +245,88 @@ def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log):
     return images, fs
 
 
-def score_classes(job, fs, scorer, inbox, log: Log):
-    """Hand the features to the scorer (which has imported torch and loaded the model
-    meanwhile) and wait for its scores. Returns ({class number: score}, raw scores in
-    feature-row order, the model file)."""
-    inbox.put((fs.vectors, fs.images))
-    raw_scores, model_path, device, context, timing = scorer.result()
+def early_network_images(job, images=None):
+    """The network images of every class with particles (distribution > 0), exactly as
+    :func:`featurise_classes` will make them (``images``: the class images, if loaded), for
+    the networks to start on while data.star is read; None where they depend on data.star
+    (CTFs ignored until the first peak: the last particle row's defocus)."""
+    if job.ignore_ctf_until_first_peak:
+        return None
+    import numpy as np
+
+    from .features import network_image
+
+    rows = [i for i, c in enumerate(job.classes) if c.distribution > 0]
+    if not rows:
+        return None
+    images = job.load_images() if images is None else images
+    step = 16  # classes at a time: the particle-diameter windows of 300 classes of 400 px take 190 MB at once
+    return np.concatenate([network_image(images[rows[i:i + step]], job.pixel_size_A, job.particle_diameter_A)
+                           .astype(np.float32) for i in range(0, len(rows), step)])
+
+
+def start_networks(opts: Options, job, started: list):
+    """Load the class images and the networks (numpy), and start a background process that
+    makes the classes' network images and runs them through the networks (the costly part
+    of scoring, which needs no features; :class:`ranker.runtime.model.CNNWork`). Returns the
+    work (with ``class_images``), which this process joins once its features are done."""
+    from .background import Background
+    from .model import CNNWork, load_model
+
+    began = time.perf_counter()
+    images = job.load_images()  # once, for both processes (the features need them too)
+    ranker = load_model(opts.model, device=opts.device, threads=opts.threads)
+    work = CNNWork(ranker, sum(c.distribution > 0 for c in job.classes))
+    work.began, work.class_images = began, images
+
+    def helper():
+        t = time.perf_counter()
+        work.fill(lambda: early_network_images(job, images))  # the first helper makes them, the others wait
+        return work.work(), t, time.perf_counter()
+
+    # --j N: N - 1 helpers (at least one) and this process, once its features are done
+    work.helpers = [Background(helper) for _ in range(max(1, min(opts.threads or 1, os.cpu_count() or 1) - 1))]
+    started.extend(work.helpers)
+    return work
+
+
+def score_classes(job, fs, scorer, cnn, inbox, use_context: bool, log: Log):
+    """The scores of the featurised classes. ``cnn``: the networks' work on the class images
+    (numpy): this process does what the background one has not, then scores here; None: the
+    torch scorer process does everything, given the features. Returns ({class number:
+    score}, raw scores in feature-row order, the model file)."""
+    if cnn is None:
+        inbox.put((fs.vectors, fs.images))
+        raw_scores, model_path, device, engine, context, timing = scorer.result()
+        log(f"  model {model_path} on {device} ({engine})" + (_CONTEXT_NOTE if context else ""))
+        where = (f"in a background process, {timing['began'] - log.t0:.2f} s to {timing['early_done'] - log.t0:.2f} "
+                 f"s after the start, alongside the stages above" if scorer.proc is not None else "in this stage")
+        torch_text = f"torch {timing['torch']} imported" if timing["torch"] else "torch not imported"
+        log(f"  model loaded in {timing['loaded'] - timing['began']:.2f} s ({torch_text}) and {timing['n_early']} "
+            f"class images run through the networks in {timing['early_done'] - timing['loaded']:.2f} s ({where}); "
+            f"{timing['reused']} of the {len(fs.rows)} scored classes among them")
+    else:
+        ranker = cnn.ranker
+        here = cnn.work(alive=lambda: any(h.proc is None or h.proc.is_alive() for h in cnn.helpers))
+        done = [h.result() for h in cnn.helpers]
+        there, began, ended = sum(d[0] for d in done), min(d[1] for d in done), max(d[2] for d in done)
+        ranker.precompute_from(cnn)
+        reused = ranker.precomputed(fs.images)
+        raw_scores = ranker.score_job(fs.vectors, fs.images, use_context)
+        model_path = ranker.path
+        log(f"  model {model_path} on {ranker.device} ({ranker.engine})" +
+            (_CONTEXT_NOTE if ranker.context_applies(use_context) else ""))
+        n = len(cnn.helpers)
+        where = (f"{'a background process' if n == 1 else f'{n} background processes'}, {began - log.t0:.2f} s to "
+                 f"{ended - log.t0:.2f} s after the start," if cnn.helpers[0].proc is not None else "this process")
+        log(f"  model loaded in {ranker.load_seconds:.2f} s (torch not imported); {cnn.ready_count} class images "
+            f"through {len(ranker.states)} network(s) in {cnn.units} batches: {there} in {where} {here} in this "
+            f"stage; {reused} of the {len(fs.rows)} scored classes among them")
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
-    log(f"  model {model_path} on {device}" + ("; scores read beside this job's best class (job context; "
-                                               "--job_context false scores each class alone)" if context else ""))
-    where = (f"in a background process, {timing['began'] - log.t0:.2f} s to {timing['loaded'] - log.t0:.2f} s "
-             f"after the start, alongside the stages above" if scorer.proc is not None else "in this stage")
-    log(f"  torch {timing['torch']} imported in {timing['imported'] - timing['began']:.2f} s and the model loaded "
-        f"in {timing['loaded'] - timing['imported']:.2f} s ({where})")
     return scores, raw_scores, model_path
+
+
+_CONTEXT_NOTE = "; scores read beside this job's best class (job context; --job_context false scores each class alone)"
 
 
 def apply_selection_rules(opts: Options, scores: dict, raw_scores, parts, log: Log):
@@ -240,15 +349,21 @@ def apply_selection_rules(opts: Options, scores: dict, raw_scores, parts, log: L
     return sel, threshold_text
 
 
+def copy_rank_data(jobdir: JobDir, job) -> None:
+    """rank_data.star, a byte copy of data.star (temporary name); needs no scores."""
+    from . import outputs
+
+    outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
+
+
 def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel, parts) -> None:
-    """The small STAR outputs (rank_model/optimiser/data, backup_selection, class_averages,
-    and features if asked), under temporary names."""
+    """The small STAR outputs (rank_model/optimiser, backup_selection, class_averages, and
+    features if asked), under temporary names."""
     from . import outputs
 
     rank_model = jobdir.file("rank_model.star")
     outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
     outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model, jobdir.file("rank_data.star"))
-    outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
     outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
     outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
     if opts.write_features:
@@ -256,12 +371,13 @@ def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel
                                jobdir.file("features_images.mrcs"), job, fs, scores)
 
 
-def write_particles_star(job, sel, jobdir: JobDir) -> int:
+def write_particles_star(job, sel, jobdir: JobDir, counts: dict | None = None) -> int:
     """particles.star: the selected classes' rows copied byte for byte (temporary name).
-    Returns the number of particles written."""
+    Returns the number of particles written; fills ``counts`` (class -> particles), if given."""
     from .particles import write_selected
 
-    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
+    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort,
+                          counts=counts)
 
 
 def move_outputs_into_place(jobdir: JobDir) -> None:
@@ -373,6 +489,10 @@ def program() -> None:
     closed and the background processes are joined, so skipping the interpreter's teardown
     (about 50 ms with numpy and scipy loaded) loses nothing, and the job ends when run.out's
     Total time says it does."""
+    # numpy's BLAS threads spin while they wait: on a busy machine two of them made the
+    # networks' forward pass 4x slower than one. The job's parallelism is its processes.
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     status = main()
     try:
         sys.stdout.flush()

