@@ -4,8 +4,8 @@ Run as ``python -m ranker.develop COMMAND [--help]``.
 """
 
 # In the order the work flows: make data, train, evaluate.
-COMMANDS = ("structures", "simulate", "corpus", "compare_classifiers", "train", "fit_context", "evaluate",
-            "oracle_precision")
+COMMANDS = ("structures", "simulate", "corpus", "compare_classifiers", "real_fixture", "train", "fit_context",
+            "evaluate", "oracle_precision")
 
 
 class UsageError(Exception):
