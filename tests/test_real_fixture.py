@@ -1,0 +1,93 @@
+"""The real-image evaluation fixture ``tests/data/real_empiar10017`` is consistent and the job runs on it.
+
+The fixture is a relion_refine Class2D job of real EMPIAR-10017 particles (evaluation data only: see its
+README.md) with a truth by pick provenance; ``python -m ranker.develop evaluate`` reads it. These tests
+check that its truth agrees with the Class2D job it describes and that the External job runs on it
+without the particle stacks (which are not shipped).
+"""
+import csv
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from conftest import ROOT
+from ranker.develop.truth import KINDS, read_class_truth
+from ranker.runtime.star import read_star
+
+FIXTURE = os.path.join(ROOT, "tests", "data", "real_empiar10017")
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE),
+                                reason="tests/data/real_empiar10017 missing (built by python -m ranker.develop "
+                                       "real_fixture)")
+
+
+def _data_star():
+    found = sorted(glob.glob(os.path.join(FIXTURE, "Class2D", "job002", "run_it*_data.star")))
+    assert len(found) == 1, f"expected one final iteration in the fixture, found {found}"
+    return found[0]
+
+
+def test_class_truth_counts_equal_data_star():
+    particles = read_star(_data_star())["particles"]
+    per_class = Counter(int(c) for c in particles.column("rlnClassNumber"))
+    rows = read_class_truth(FIXTURE)
+    model = read_star(_data_star().replace("_data.star", "_model.star"))["model_classes"]
+    assert [r["class_number"] for r in rows] == list(range(1, len(model.rows) + 1))
+    for r in rows:
+        assert r["n_particles"] == per_class.get(r["class_number"], 0)
+        assert r["n_good"] + sum(r[f"n_{k}"] for k in KINDS[1:]) == r["n_particles"]
+    # every particle of data.star has a kind in truth.csv, and the kinds add up
+    with open(os.path.join(FIXTURE, "truth.csv"), newline="") as fh:
+        truth = {r["rlnImageName"]: r["kind"] for r in csv.DictReader(fh)}
+    names = particles.column("rlnImageName")
+    assert len(truth) == len(names) and set(names) == set(truth)
+    assert set(truth.values()) <= set(KINDS)
+    kinds = Counter(truth.values())
+    assert kinds["good"] == sum(r["n_good"] for r in rows)
+    for k in KINDS[1:]:
+        assert kinds[k] == sum(r[f"n_{k}"] for r in rows)
+
+
+def test_job_runs_and_writes_particles_star(tmp_path):
+    proj = tmp_path / "proj"
+    shutil.copytree(FIXTURE, proj)
+    data = os.path.relpath(_data_star(), FIXTURE)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "relion_external_rank.py"), "--o", "External/job003/",
+                        "--in_parts", data], cwd=proj, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = proj / "External" / "job003"
+    assert (out / "RELION_JOB_EXIT_SUCCESS").exists()
+    kept = read_star(str(out / "particles.star"))["particles"].column("rlnImageName")
+    assert set(kept) <= set(read_star(_data_star())["particles"].column("rlnImageName"))
+    scores = read_star(str(out / "rank_model.star"))["model_classes"].float_column("rlnClassScore")
+    assert len(scores) == len(read_class_truth(FIXTURE))
+
+
+def test_pick_centres_recovers_overlapping_discs():
+    import numpy as np
+    from ranker.develop.realdata import compare_with_coords, pick_centres
+
+    truth = np.array([[100, 100], [160, 110], [300, 300], [340, 330], [370, 300], [100, 400]], float)
+    yy, xx = np.mgrid[:512, :512]
+    mask = np.zeros((512, 512), bool)
+    for x, y in truth:
+        mask |= (xx - x) ** 2 + (yy - y) ** 2 <= 54 ** 2
+    check = compare_with_coords(pick_centres(mask), truth)
+    assert check["n_found"] == len(truth) and check["list_matched"] == len(truth) and check["max_error_px"] <= 1
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.path.dirname(ROOT), "shared", "realdata", "empiar10017_betagal")),
+                    reason="../shared/realdata (the redistributed EMPIAR-10017 micrographs) not here")
+def test_pick_centres_match_the_shipped_pick_list():
+    from ranker.develop import realdata
+
+    first = [m for m in realdata.list_micrographs(os.path.join(os.path.dirname(ROOT), "shared", "realdata"))
+             if m["coords"]][0]
+    centres = realdata.pick_centres(realdata.read_mask(first["mask"]))
+    check = realdata.compare_with_coords(centres, realdata.read_coords_csv(first["coords"]))
+    assert check["n_found"] == check["n_list"] == check["list_matched"] and check["max_error_px"] <= 1.5
