@@ -73,7 +73,7 @@ def _class_of(token: bytes, path: str, lineno: int = 0) -> int:
 
 def _split(line: bytes) -> list[bytes]:
     if b'"' in line or b"'" in line:
-        return [t.encode() for t in tokenize(line.decode("utf-8", errors="replace"))]
+        return [t.encode(errors="surrogateescape") for t in tokenize(line.decode("utf-8", errors="surrogateescape"))]
     return line.split()
 
 
@@ -210,8 +210,10 @@ class _Walker:
 
 
 def _open(path: str):
+    from .inputs import check_input
+
     try:
-        return open(path, "rb")
+        return open(check_input(path, "STAR file"), "rb")
     except FileNotFoundError:
         raise StarError(f"{path}: file not found") from None
     except OSError as exc:

@@ -115,14 +115,15 @@ def tokenize(line: str) -> list[str]:
 
 def read_star(path: str | os.PathLike) -> dict[str, StarBlock]:
     """Read every block of a STAR file into memory (for small files only)."""
+    from .inputs import check_input
+
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        check_input(path, "STAR file")
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             text = fh.read()
     except FileNotFoundError:
         raise StarError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise StarError(f"{path}: is a directory, not a STAR file") from None
     except OSError as exc:
         raise StarError(f"{path}: cannot be read ({exc.strerror})") from None
     return parse_star(text, path)
@@ -264,7 +265,7 @@ def format_block(name: str, labels: list[str], rows, loop: bool = True, version:
 def write_star(path: str | os.PathLike, blocks) -> None:
     """Write blocks to ``path``: each is the text of :func:`format_block` or the pieces of
     :func:`block_lines` (written as they are made)."""
-    with open(path, "w", encoding="utf-8") as fh:
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as fh:
         for piece in blocks:
             if isinstance(piece, str):
                 fh.write(piece)
