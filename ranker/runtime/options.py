@@ -10,6 +10,8 @@ So flags accept no value as well as true/false/yes/no/1/0, and every option is
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 
 
@@ -33,6 +35,7 @@ class Options:
     job_context: bool = True
     write_features: bool = False
     ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for run.out
 
 
 _TRUE = {"", "true", "yes", "1", "on", "y"}
@@ -84,11 +87,16 @@ def _convert(name: str, kind: str, value: str | None):
     try:
         if kind == "int":
             return int(float(value)) if float(value).is_integer() else int(value)
-        if kind == "float":
-            return float(value)
-        if kind == "score":
-            return "auto" if value.strip().lower() == "auto" else float(value)
-    except ValueError:
+        if kind == "score" and value.strip().lower() == "auto":
+            return "auto"
+        if kind in ("float", "score"):
+            number = float(value)
+            if not math.isfinite(number):
+                raise OptionError(f"--{name} {value}: needs a finite number")
+            return number
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, OptionError):
+            raise
         raise OptionError(f"--{name}: {value!r} is not a {'number' if kind != 'int' else 'whole number'}") from None
     return value
 
@@ -126,6 +134,8 @@ def parse_options(argv: list[str]) -> Options:
         if name not in SPEC:
             valid = ", ".join(f"--{n}" for n in list(SPEC) + list(_IGNORED))
             raise OptionError(f"unknown option --{name}; valid options: {valid}")
+        if name in seen and seen[name] != value:
+            raise OptionError(f"--{name} is given twice, as {_shown(seen[name])} and {_shown(value)}; give it once")
         seen[name] = value
     for name, value in seen.items():
         attr, kind, _help = SPEC[name]
@@ -138,4 +148,20 @@ def parse_options(argv: list[str]) -> Options:
         raise OptionError("--o is required (the External job directory, e.g. External/job012/)")
     if opts.threads < 1:
         raise OptionError(f"--j {opts.threads}: needs at least 1 thread")
+    cores = _cores()
+    if opts.threads > cores:
+        opts.notes.append(f"Note: --j {opts.threads} is more than the {cores} core(s) this job may use; using {cores}")
+        opts.threads = cores
     return opts
+
+
+def _shown(value: str | None) -> str:
+    return "(no value)" if value is None else repr(value)
+
+
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a batch system sets it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
