@@ -248,6 +248,25 @@ def _state_dict_from(obj, path: str):
                      f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
 
 
+def _first_line(exc: BaseException, default: str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else default
+
+
+def _check_finite(states, logit_shift: float, path: str) -> None:
+    """Refuse weights holding NaN or Inf (they would score every class NaN: nothing selected)."""
+    import torch
+
+    if not np.isfinite(logit_shift):
+        raise ModelError(f"{path}: logit_shift is {logit_shift}, not a finite number")
+    for state in states:
+        if not isinstance(state, dict):
+            raise ModelError(f"{path}: the weights are not a state dict")
+        for name, tensor in state.items():
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ModelError(f"{path}: weights {name} hold NaN or Inf values (a damaged or diverged model)")
+
+
 def model_path(name: str | None = None) -> str:
     """The weights file ``--model name`` means: the shipped model when none is given,
     RELION-5's downloaded checkpoint for "relion5", else the path as given."""
@@ -267,20 +286,33 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
     path = model_path(path)
     if threads:
         torch.set_num_threads(max(1, int(threads)))
-    if not os.path.isfile(path):
+    from .inputs import InputError, check_input
+
+    try:
+        check_input(path, "weights file")
+    except FileNotFoundError:
         if path == DEFAULT_MODEL:
             raise ModelError(f"{path}: the default model is not installed; give --model PATH "
-                             "(our weights file or RELION-5's v1.0.ckpt)")
-        raise ModelError(f"{path}: model file not found")
+                             "(our weights file or RELION-5's v1.0.ckpt)") from None
+        raise ModelError(f"{path}: model file not found") from None
+    except (InputError, OSError) as exc:
+        raise ModelError(str(exc) if isinstance(exc, InputError) else f"{path}: cannot be read ({exc.strerror})") \
+            from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise ModelError(f"{path}: refused: the file holds objects that are not plain weights "
-                         f"and would need code to run ({first[:120]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{path}: not a readable torch weights file ({str(exc).splitlines()[0][:120]})") from None
-    states, output, tta, image_norm, logit_shift, card, job_context = _state_dict_from(obj, path)
+                         f"and would need code to run ({_first_line(exc, 'unsafe content')})") from None
+    except Exception as exc:  # noqa: BLE001 - an empty or garbage file fails in many ways inside torch
+        raise ModelError(f"{path}: not a readable torch weights file ({_first_line(exc, type(exc).__name__)})") \
+            from None
+    try:
+        states, output, tta, image_norm, logit_shift, card, job_context = _state_dict_from(obj, path)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a torch file of the right kind holding wrong values
+        raise ModelError(f"{path}: not a usable weights file ({_first_line(exc, type(exc).__name__)})") from None
+    _check_finite(states, logit_shift, path)
     dev = pick_device(device)
     nets = []
     for state in states:
