@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .inputs import declare
 from .mrc import mmap_stack
 from .star import StarBlock, StarError, block, read_star
 
@@ -191,6 +192,8 @@ def read_class2d(optimiser_path: str, data_path: str | None = None) -> Class2DJo
     opt = block(read_star(optimiser_path), "optimiser_general", optimiser_path)
     model_path = opt.value("rlnModelStarFile")
     data_path = data_path or opt.value("rlnExperimentalDataStarFile")
+    declare(model_path)  # inputs from now on, even if reading fails before they are opened
+    declare(data_path)
     if not os.path.exists(model_path):
         raise StarError(f"{model_path}: model STAR not found (named in {optimiser_path})")
     blocks = read_star(model_path)

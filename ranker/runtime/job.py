@@ -17,7 +17,7 @@ import time
 from .. import __version__
 from . import protocol
 from .options import OptionError, Options, parse_options, usage
-from .protocol import JobAborted, JobDir
+from .protocol import JobAborted, JobDir, OutputError
 
 OUTPUT_NAMES = ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
                 "rank_optimiser.star", "rank_data.star", "features.star", "features_images.mrcs", "logfile.pdf",
@@ -89,7 +89,7 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     try:
         run_stages(opts, jobdir, log, scorer, inbox)
     finally:
-        scorer.cancel()
+        scorer.cancel()  # (after a failure or a signal, main's cleanup ends every background step)
 
 
 def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
@@ -121,7 +121,8 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, scorer, inbox) -> None:
     try:
         n_written = write_particles_star(job, sel, jobdir)
         stage_done("write STAR outputs", poll_abort=False)
-        report.result()
+        with jobdir.writing("logfile.pdf", "logfile.png"):
+            report.result()
     finally:
         report.cancel()
     stage_done("report (logfile.pdf, logfile.png), drawn while particles.star was written")
@@ -209,7 +210,14 @@ def score_classes(job, fs, scorer, inbox, log: Log):
     meanwhile) and wait for its scores. Returns ({class number: score}, raw scores in
     feature-row order, the model file)."""
     inbox.put((fs.vectors, fs.images))
+    import numpy as np
+
+    from .model import ModelError
+
     raw_scores, model_path, device, context, timing = scorer.result()
+    bad = [job.classes[i].class_number for i, s in zip(fs.rows, raw_scores) if not np.isfinite(s)]
+    if bad:
+        raise ModelError(f"{model_path}: gave NaN or Inf scores (class(es) {bad[:5]}); nothing can be selected")
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
     log(f"  model {model_path} on {device}" + ("; scores read beside this job's best class (job context; "
                                                "--job_context false scores each class alone)" if context else ""))
@@ -246,14 +254,21 @@ def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel
     from . import outputs
 
     rank_model = jobdir.file("rank_model.star")
-    outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
-    outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model, jobdir.file("rank_data.star"))
-    outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
-    outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
-    outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
+    with jobdir.writing("rank_model.star"):
+        outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
+    with jobdir.writing("rank_optimiser.star"):
+        outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model,
+                                     jobdir.file("rank_data.star"))
+    with jobdir.writing("rank_data.star"):
+        outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
+    with jobdir.writing("backup_selection.star"):
+        outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
+    with jobdir.writing("class_averages.star"):
+        outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
     if opts.write_features:
-        outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
-                               jobdir.file("features_images.mrcs"), job, fs, scores)
+        with jobdir.writing("features.star", "features_images.mrcs"):
+            outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
+                                   jobdir.file("features_images.mrcs"), job, fs, scores)
 
 
 def write_particles_star(job, sel, jobdir: JobDir) -> int:
@@ -261,7 +276,8 @@ def write_particles_star(job, sel, jobdir: JobDir) -> int:
     Returns the number of particles written."""
     from .particles import write_selected
 
-    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
+    with jobdir.writing("particles.star"):
+        return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort)
 
 
 def move_outputs_into_place(jobdir: JobDir) -> None:
@@ -270,9 +286,10 @@ def move_outputs_into_place(jobdir: JobDir) -> None:
              (jobdir.file("class_averages.star"), protocol.NODE_CLASS_AVERAGES),
              (jobdir.file("rank_optimiser.star"), protocol.NODE_OPTIMISER),
              (jobdir.file("logfile.pdf"), protocol.NODE_PDF_LOG)]
-    with open(jobdir.temp(protocol.NODES_FILE), "w") as fh:
-        fh.write(protocol.nodes_star(nodes))
-    jobdir.commit()
+    with jobdir.writing(protocol.NODES_FILE):
+        with open(jobdir.temp(protocol.NODES_FILE), "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(protocol.nodes_star(nodes))
+    jobdir.commit(OUTPUT_NAMES)
 
 
 def log_results(job, parts, scores: dict, sel, n_written: int, jobdir: JobDir, log: Log) -> None:
@@ -308,7 +325,8 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, thres
                         "resolution_A": raw[k]["EstimatedResolution"] if k in raw else cls.estimated_resolution_A,
                         "selected": k in chosen,
                         "reason": "" if k in chosen else rejection_reason(score or 0.0, count, raw.get(k), sel.min_score)})
-    summary = {"title": f"relion_external_rank: {job.optimiser_path}", "particles_in": parts.n_particles,
+    title = job.optimiser_path.encode(errors="surrogateescape").decode(errors="replace")  # drawable text
+    summary = {"title": f"relion_external_rank: {title}", "particles_in": parts.n_particles,
                "particles_kept": sel.n_particles, "classes_in": job.nr_classes, "classes_kept": len(sel.selected),
                "classes_scored": len(scores), "threshold": sel.min_score, "threshold_text": threshold_text,
                "model": model_path}
@@ -316,55 +334,137 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, thres
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; returns the process exit status (0 success, 1 failure/abort, 2 usage).
+    """Run the job; returns the process exit status (0 success, 1 failure/abort/refusal, 2 usage,
+    128 + N when signal N stopped it).
 
+    Whatever happens the job keeps RELION's promise: one exit file, one line in run.err naming
+    the file and the problem, no partial or stale output, inputs untouched (see protocol.py).
     Run as a program (``argv`` None), run.out's times count from the process start;
     called with ``argv`` (from Python, e.g. tests), from this call."""
     as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    _tolerant_streams()
+    signals = protocol.Interruptions().install()
+    try:
+        return _main(argv, as_program, signals)
+    except protocol.JobInterrupted as exc:  # before the job directory was claimed
+        print(f"ERROR: {exc}; nothing written", file=sys.stderr, flush=True)
+        return 128 + exc.signum
+    finally:
+        signals.restore()
+
+
+def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) -> int:
+    from . import inputs
+
+    inputs.reset()
+    for token in argv:  # whatever the command line names is an input: never removed, even after a failure
+        if not token.startswith("--") and os.path.lexists(token):
+            inputs.declare(token)
     try:
         opts = parse_options(argv)
     except OptionError as exc:
-        if str(exc) == "help":
-            print(usage())
+        if str(exc) in ("help", "version"):
+            print(usage() if str(exc) == "help" else version())
             return 0
-        if str(exc) == "version":
-            print(version())
-            return 0
-        print(f"ERROR: {exc}", file=sys.stderr)
-        out = _out_dir_guess(argv)
-        if out:
-            JobDir(out).finish(protocol.EXIT_FAILURE)
-        print(usage(), file=sys.stderr)
-        return 2
+        print(usage())  # to run.out; run.err gets the one line
+        return _fail_early(JobDir(_out_dir_guess(argv)) if _out_dir_guess(argv) else None,
+                           f"ERROR: {exc}", 2)
     jobdir = JobDir(opts.out_dir)
     log = _log_for(as_program)
     try:
-        jobdir.start()
-        jobdir.remove_outputs(OUTPUT_NAMES)
-        from .model import model_path
-        log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
-        log(f"relion_external_rank: {' '.join(argv)}")
-        log.startup()
-        run(opts, jobdir, log)
-    except JobAborted:
-        jobdir.discard()
-        print("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.", flush=True)
-        jobdir.finish(protocol.EXIT_ABORTED)
+        notes = jobdir.claim(OUTPUT_NAMES)
+    except protocol.JobRefused as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
         return 1
-    except Exception as exc:  # every failure ends as one line + RELION_JOB_EXIT_FAILURE
-        jobdir.discard()
-        print(f"ERROR: {_one_line(exc)}", file=sys.stderr, flush=True)
-        if os.environ.get("RELION_EXTERNAL_RANK_DEBUG"):
-            import traceback
-            traceback.print_exc()
+    outcome: BaseException | None = None
+    try:
         try:
-            jobdir.finish(protocol.EXIT_FAILURE)
-        except OSError as exc2:
-            print(f"ERROR: {jobdir.path}: cannot write {protocol.EXIT_FAILURE} ({exc2.strerror})", file=sys.stderr)
-        return 1
-    jobdir.finish(protocol.EXIT_SUCCESS)
-    return 0
+            for note in notes + opts.notes:
+                log(note)
+            from .model import model_path
+            log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
+            log(f"relion_external_rank: {' '.join(argv)}")
+            log.startup()
+            run(opts, jobdir, log)
+        except BaseException as exc:  # noqa: BLE001 - every way out ends in the one cleanup below
+            signals.block()
+            outcome = exc
+    except protocol.JobInterrupted as exc:  # landed in the handler above, before block(): the first signal
+        outcome = exc
+    signals.block()
+    return _finish(jobdir, outcome, signals)
+
+
+def _finish(jobdir: JobDir, outcome: BaseException | None, signals: protocol.Interruptions) -> int:
+    """The one cleanup: end the background processes, remove temporary and stale outputs (never an
+    input), write the exit file and one line in run.err, drop the lock. Signals no longer stop it."""
+    from .background import stop_all
+
+    try:
+        if outcome is None:
+            exit_name, status = protocol.EXIT_SUCCESS, 0
+        else:
+            if not isinstance(outcome, (protocol.JobInterrupted, JobAborted)) and signals.pending:
+                outcome = protocol.JobInterrupted(signals.pending[0])  # its child was stopped first
+            stop_all()
+            jobdir.discard()
+            kept = jobdir.remove_outputs(OUTPUT_NAMES)
+            if isinstance(outcome, JobAborted):
+                print("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.", flush=True)
+                exit_name, status = protocol.EXIT_ABORTED, 1
+            elif isinstance(outcome, protocol.JobInterrupted):
+                print(f"ERROR: {outcome}; no outputs written", file=sys.stderr, flush=True)
+                exit_name, status = protocol.EXIT_FAILURE, 128 + outcome.signum
+            elif isinstance(outcome, (KeyboardInterrupt, SystemExit)):
+                print(f"ERROR: stopped ({type(outcome).__name__}); no outputs written", file=sys.stderr, flush=True)
+                exit_name, status = protocol.EXIT_FAILURE, 1
+            else:
+                print(f"ERROR: {_one_line(outcome)}", file=sys.stderr, flush=True)
+                if os.environ.get("RELION_EXTERNAL_RANK_DEBUG"):
+                    import traceback
+                    traceback.print_exception(outcome)
+                exit_name, status = protocol.EXIT_FAILURE, 1
+            if kept:
+                print(f"Note: kept {', '.join(kept)}: read as an input of this run", flush=True)
+        try:
+            jobdir.finish(exit_name)
+        except OSError as exc:
+            print(f"ERROR: {jobdir.path}: cannot write {exit_name} ({exc.strerror})", file=sys.stderr, flush=True)
+            status = status or 1
+        return status
+    finally:
+        jobdir.release()
+
+
+def _fail_early(jobdir: JobDir | None, line: str, status: int) -> int:
+    """A failure before the options are known (a bad command line): the line on stderr and, where the
+    directory can be claimed as ours, RELION_JOB_EXIT_FAILURE (so RELION does not wait for ever)."""
+    print(line, file=sys.stderr, flush=True)
+    if jobdir is None:
+        return status
+    try:
+        jobdir.claim(OUTPUT_NAMES)
+    except protocol.JobRefused:
+        return status  # another job's directory, or another run is in it: not ours to mark
+    try:
+        jobdir.remove_outputs(OUTPUT_NAMES)
+        jobdir.finish(protocol.EXIT_FAILURE)
+    except OSError:
+        pass
+    finally:
+        jobdir.release()
+    return status
+
+
+def _tolerant_streams() -> None:
+    """stdout/stderr (run.out/run.err) write file names as their bytes: Linux paths need not be
+    UTF-8, and Python holds such bytes as surrogates that a strict stream refuses to print."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def program() -> None:
@@ -402,7 +502,7 @@ def _one_line(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     text = str(exc).strip().splitlines()
-    known = ("StarError", "FeatureError", "ModelError", "OptionError")
+    known = ("StarError", "FeatureError", "ModelError", "OptionError", "InputError", "OutputError", "MrcError")
     prefix = "" if type(exc).__name__ in known else f"{type(exc).__name__}: "
     return prefix + (text[0] if text else "unexpected error")
 

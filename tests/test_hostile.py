@@ -1,0 +1,389 @@
+"""The job's promise in a hostile environment and with a careless user: whatever happens it ends
+with one exit file, one line in run.err naming the file and the problem, no partial or stale
+output, its inputs untouched and no process of its own left running.
+
+Signals and concurrency are tested with real signals and real processes on a synthetic job of
+200,000 particles (bench/make_big_job.py; a few seconds to make, once per session), so that the
+signal lands while the job works and its temporary files exist."""
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, SIM, SIM_DATA, SIM_OPT, copy_project
+from ranker.runtime import job as jobmod
+from ranker.runtime.protocol import LOCK_FILE
+
+EXE = os.path.join(ROOT, "relion_external_rank.py")
+OUT = "External/job009/"
+BIG_OPT = "Class2D/job001/run_it025_optimiser.star"
+BIG_DATA = "Class2D/job001/run_it025_data.star"
+
+
+def exit_files(d):
+    return sorted(f for f in os.listdir(d) if f.startswith("RELION_JOB_EXIT_"))
+
+
+def leftovers(d):
+    """Temporary files (ours: .NAME.part) and the lock file, which a finished run removes."""
+    return sorted(f for f in os.listdir(d) if f.endswith(".part") or f == LOCK_FILE)
+
+
+def run_inproc(args, capsys):
+    rc = jobmod.main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err.strip().splitlines()
+
+
+def assert_one_error_line(err, *needles):
+    assert len(err) == 1 and err[0].startswith("ERROR: "), err
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+# ------------------------------------------------------------------------------------------
+# a synthetic job large enough that a signal lands mid-run
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def big_base(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("big") / "project")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "make_big_job.py"), d, "--particles", "200000",
+                    "--classes", "50", "--box", "64", "--angpix", "3"], check=True, capture_output=True)
+    return d
+
+
+@pytest.fixture
+def big(big_base, tmp_path, monkeypatch):
+    """A private copy of the big job (hard links: the job must never change its inputs anyway)."""
+    d = tmp_path / "big"
+    shutil.copytree(big_base, d, copy_function=os.link)
+    monkeypatch.chdir(d)
+    return d
+
+
+def start_job(out, *extra, model=None):
+    """The job as RELION runs it: stdout/stderr appended to run.out/run.err in the job dir."""
+    os.makedirs(out, exist_ok=True)
+    args = [sys.executable, EXE, "--o", out, "--in_optimiser", BIG_OPT, "--j", "1", *extra]
+    if model:
+        args += ["--model", model]
+    return subprocess.Popen(args, stdout=open(out + "run.out", "ab"), stderr=open(out + "run.err", "ab"))
+
+
+def wait_for(cond, timeout=120, what="condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def children(pid):
+    """Pids of the processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------
+# signals and interruptions
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "temporary outputs"), (signal.SIGINT, "counting"),
+                                      (signal.SIGHUP, "features"), (signal.SIGTERM, "start")])
+def test_signal_ends_the_job_cleanly(big, test_model, sig, when):
+    out = "External/job010/"
+    proc = start_job(out, model=test_model)
+    marks = {"start": lambda: os.path.exists(out + LOCK_FILE),
+             "counting": lambda: "read optimiser and model" in open(out + "run.out").read(),
+             "features": lambda: "count particles per class" in open(out + "run.out").read(),
+             "temporary outputs": lambda: any(f.endswith(".part") for f in os.listdir(out))}
+    wait_for(lambda: marks[when]() or proc.poll() is not None, what=when)
+    assert proc.poll() is None, "the job ended before the signal could be sent"
+    kids = children(proc.pid)
+    proc.send_signal(sig)
+    assert proc.wait(60) == 128 + sig
+    err = open(out + "run.err").read().splitlines()
+    assert_one_error_line(err, f"stopped by {signal.Signals(sig).name}", "no outputs written")
+    assert exit_files(out) == ["RELION_JOB_EXIT_FAILURE"]
+    assert leftovers(out) == []
+    assert not {"particles.star", "rank_data.star", "logfile.pdf"} & set(os.listdir(out))
+    wait_for(lambda: not any(alive(k) for k in kids), timeout=10, what="the job's child processes to end")
+    assert "Traceback" not in open(out + "run.out").read() + open(out + "run.err").read()
+
+
+def test_sigkill_leftovers_are_removed_by_the_next_run(big, test_model):
+    out = "External/job011/"
+    proc = start_job(out, model=test_model)
+    wait_for(lambda: any(f.endswith(".part") for f in os.listdir(out)) or proc.poll() is not None, what=".part")
+    kids = children(proc.pid)
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not any(alive(k) for k in kids), timeout=10, what="children to die with their parent")
+    assert [f for f in os.listdir(out) if f.endswith(".part")], "SIGKILL left no temporary file to clean"
+    assert exit_files(out) == []  # nothing can write one after SIGKILL
+    again = start_job(out, model=test_model)
+    assert again.wait(300) == 0, open(out + "run.err").read()
+    assert exit_files(out) == ["RELION_JOB_EXIT_SUCCESS"] and leftovers(out) == []
+    assert "temporary file(s) left by an earlier run that was killed" in open(out + "run.out").read()
+
+
+# ------------------------------------------------------------------------------------------
+# concurrency and ownership
+# ------------------------------------------------------------------------------------------
+def test_second_run_on_the_same_directory_is_refused_and_the_first_finishes(big, test_model):
+    out = "External/job012/"
+    first = start_job(out, model=test_model)
+    wait_for(lambda: "read optimiser and model" in open(out + "run.out").read() or first.poll() is not None,
+             what="the first run to start")
+    second = subprocess.run([sys.executable, EXE, "--o", out, "--in_optimiser", BIG_OPT, "--model", test_model,
+                             "--min_score", "0.1"], capture_output=True, text=True)
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 1
+    assert_one_error_line(second.stderr.splitlines(), out.rstrip("/"), "another run of relion_external_rank",
+                          f"pid {first.pid}")
+    assert exit_files(out) == []  # the second run marked nothing
+    assert first.wait(300) == 0, open(out + "run.err").read()
+    assert exit_files(out) == ["RELION_JOB_EXIT_SUCCESS"] and leftovers(out) == []
+    assert "--min_score 0.1" not in open(out + "run.out").read()
+
+
+def test_foreign_job_directories_are_refused_untouched(sim_project, test_model, capsys):
+    # RELION's Import job: job.star says so
+    os.makedirs("Import/job001")
+    open("Import/job001/job.star", "w").write("\n# version 50001\n\ndata_job\n\n_rlnJobTypeLabel             "
+                                              "relion.import.other\n_rlnJobIsContinue                       0\n \n")
+    shutil.copy(SIM_DATA, "Import/job001/particles.star")
+    open("Import/job001/RELION_JOB_EXIT_SUCCESS", "w").close()
+    before = {f: open(os.path.join("Import/job001", f), "rb").read() for f in os.listdir("Import/job001")}
+    rc, _out, err = run_inproc(["--o", "Import/job001/", "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 1
+    assert_one_error_line(err, "Import/job001/job.star", "another RELION job (type relion.import.other)")
+    assert {f: open(os.path.join("Import/job001", f), "rb").read() for f in os.listdir("Import/job001")} == before
+    # a bad option must not mark it either
+    rc, _out, err = run_inproc(["--o", "Import/job001/", "--bogus"], capsys)
+    assert rc == 2 and os.listdir("Import/job001") and sorted(os.listdir("Import/job001")) == sorted(before)
+    # a directory without job.star holding another program's particles.star
+    os.makedirs("Other")
+    open("Other/particles.star", "w").write("data_\nloop_\n_rlnImageName\n1@x.mrcs\n")
+    rc, _out, err = run_inproc(["--o", "Other/", "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 1
+    assert_one_error_line(err, "Other/particles.star", "not written by relion_external_rank")
+    assert sorted(os.listdir("Other")) == ["particles.star"]
+
+
+def test_relion_gui_directory_and_our_earlier_run_are_accepted(sim_project, test_model, capsys):
+    os.makedirs(OUT)
+    for name in ("job.star", "note.txt", "run.out", "run.err"):
+        shutil.copy(os.path.join(ROOT, "schemes", "external_rank", "job.star") if name == "job.star"
+                    else os.devnull, OUT + name)
+    open(OUT + "run.out", "w").write("RELION wrote this\n")
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 0, err
+    assert os.path.exists(OUT + "job.star") and open(OUT + "run.out").read() == "RELION wrote this\n"
+    # our own earlier run: replaced
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model, "--min_score", "0.9"],
+                               capsys)
+    assert rc == 0, err
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_SUCCESS"] and leftovers(OUT) == []
+
+
+def test_an_input_inside_the_job_directory_is_never_removed(sim_project, test_model, capsys):
+    assert jobmod.main(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model]) == 0
+    capsys.readouterr()
+    rank_data = open(OUT + "rank_data.star", "rb").read()
+    # the previous run's rank_data.star given as input (RELION running the job: stdout to run.out):
+    # refused (rank_model.star is no Class2D model), and kept
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_parts", OUT + "rank_data.star", "--model", test_model],
+                       stdout=open(OUT + "run.out", "ab"), stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "rank_model.star" in r.stderr
+    assert open(OUT + "rank_data.star", "rb").read() == rank_data
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"]
+    # ... and the directory is still ours (its run.out says so): the next run replaces what was kept
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 0, err
+    # a Class2D iteration in --o whose data.star has an output's name: refused before it is replaced
+    out = "External/job010/"
+    assert jobmod.main(["--o", out, "--in_optimiser", SIM_OPT, "--model", test_model]) == 0  # ours
+    capsys.readouterr()
+    text = open(SIM_OPT).read()
+    open(out + "c_optimiser.star", "w").write(text.replace("Class2D/job002/run_it020_data.star", out + "particles.star"))
+    shutil.copy(SIM_DATA, out + "particles.star")
+    data = open(out + "particles.star", "rb").read()
+    rc, _out, err = run_inproc(["--o", out, "--in_optimiser", out + "c_optimiser.star", "--model", test_model,
+                                "--in_parts", out + "particles.star"], capsys)
+    assert rc == 1
+    assert_one_error_line(err, out + "particles.star", "is an input of this run")
+    assert open(out + "particles.star", "rb").read() == data
+
+
+# ------------------------------------------------------------------------------------------
+# files that are not files
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+@pytest.mark.parametrize("which", ["data", "optimiser", "model_star", "weights"])
+def test_fifo_device_or_directory_as_an_input_is_refused_at_once(sim_project, test_model, kind, which):
+    target = {"data": SIM_DATA, "optimiser": SIM_OPT, "model_star": "Class2D/job002/run_it020_model.star",
+              "weights": "weights.pt"}[which]
+    if os.path.exists(target):
+        os.remove(target)
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        os.makedirs(target)
+    else:
+        os.symlink("/dev/zero", target)
+    args = ["--o", OUT, "--in_optimiser", SIM_OPT, "--model", "weights.pt" if which == "weights" else test_model]
+    r = subprocess.run([sys.executable, EXE] + args, capture_output=True, text=True, timeout=120)
+    err = r.stderr.splitlines()
+    assert r.returncode == 1
+    words = {"fifo": "FIFO", "device": "device", "directory": "directory"}[kind]
+    if which == "optimiser" and kind == "directory":
+        words = "no complete Class2D iteration"  # a directory given as input is read as a Class2D job dir
+    assert_one_error_line(err, target, words)
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+    if kind != "directory":
+        assert stat.S_ISFIFO(os.stat(target).st_mode) if kind == "fifo" else True
+
+
+# ------------------------------------------------------------------------------------------
+# the model and the options
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage,needle", [("nan", "NaN or Inf"), ("inf", "NaN or Inf"), ("empty", "not a readable"),
+                                           ("garbage", "not a readable"), ("truncated", "not a readable"),
+                                           ("wrong_values", "not a usable weights file")])
+def test_bad_weights_are_refused_naming_the_file(sim_project, test_model, capsys, damage, needle):
+    import torch
+    path = "bad.pt"
+    if damage in ("nan", "inf"):
+        obj = torch.load(test_model, weights_only=True)
+        key = sorted(obj["state_dict"])[3]
+        obj["state_dict"][key].view(-1)[0] = float(damage)
+        torch.save(obj, path)
+    elif damage == "empty":
+        open(path, "wb").close()
+    elif damage == "garbage":
+        open(path, "wb").write(os.urandom(5000))
+    elif damage == "truncated":
+        open(path, "wb").write(open(test_model, "rb").read()[:100000])
+    else:
+        obj = torch.load(test_model, weights_only=True)
+        obj["card"] = "{not json"
+        torch.save(obj, path)
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", path], capsys)
+    assert rc == 1
+    assert_one_error_line(err, path, needle)
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--min_score", "nan"], "--min_score nan: needs a finite number"),
+    (["--max_score", "inf"], "--max_score inf: needs a finite number"),
+    (["--min_score", "-Infinity"], "needs a finite number"),
+    (["--j", "1e400"], "--j"),
+    (["--j", "0"], "--j 0: needs at least 1 thread"),
+    (["--min_score", "0.3", "--min_score", "0.7"], "--min_score is given twice, as '0.3' and '0.7'"),
+    (["--min_scor", "0.3"], "unknown option --min_scor")])
+def test_option_errors_are_one_line_in_run_err(sim_project, test_model, args, needle):
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model] + args,
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr.splitlines(), needle)
+    assert "usage:" in r.stdout  # the usage text goes to run.out
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+def test_too_many_threads_is_a_note(sim_project, test_model, capsys):
+    rc, out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model, "--j", "100000"], capsys)
+    assert rc == 0, err
+    assert "Note: --j 100000 is more than the" in out
+    # the same option twice with the same value is no conflict
+    rc, out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model, "--j", "1", "--j", "1"],
+                              capsys)
+    assert rc == 0, err
+
+
+def test_disk_full_names_the_output_not_the_input(sim_project, test_model, capsys, monkeypatch):
+    """shutil names its source when the destination fills up: the job names the output."""
+    import errno
+    import shutil as sh
+
+    def full(fsrc, fdst):
+        raise OSError(errno.ENOSPC, "No space left on device", fsrc.name, None, fdst.name)  # as shutil does
+
+    monkeypatch.setattr(sh, "_fastcopy_sendfile", full)
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 1
+    assert_one_error_line(err, OUT + "rank_data.star: cannot write (No space left on device)")
+    assert SIM_DATA not in err[0]
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+def test_disk_full_on_a_real_small_filesystem(sim_project, test_model, tmp_path):
+    """A 1 MB tmpfs as the job directory (where this machine lets us mount one)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        os.symlink(mnt, "External")
+        r = subprocess.run([sys.executable, EXE, "--o", "External/", "--in_optimiser", SIM_OPT, "--model", test_model],
+                           capture_output=True, text=True)
+        assert r.returncode == 1
+        err = r.stderr.splitlines()
+        assert_one_error_line(err, ": cannot write (No space left on device)")
+        assert err[0].startswith("ERROR: External/") and SIM_DATA not in err[0]
+        assert exit_files(str(mnt)) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(str(mnt)) == []
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_paths_that_are_not_utf8(tmp_path, test_model):
+    """Linux paths are bytes: a project, Class2D job and --o whose names are not UTF-8 work."""
+    proj = os.path.join(os.fsencode(str(tmp_path)), b"proj\xfd")
+    os.makedirs(proj)
+    copy_project(SIM, os.fsdecode(proj))
+    old, new = b"Class2D/job002/", b"Class2D/j\xfcb002/"
+    os.rename(os.path.join(proj, b"Class2D/job002"), os.path.join(proj, new))
+    for name in os.listdir(os.path.join(proj, new)):
+        if name.endswith(b".star"):
+            p = os.path.join(proj, new, name)
+            text = open(p, "rb").read()
+            open(p, "wb").write(text.replace(old, new))
+    out = b"External/job\xff/"
+    r = subprocess.run([os.fsencode(sys.executable), os.fsencode(EXE), b"--o", out, b"--in_parts",
+                        new + b"run_it020_data.star", b"--model", os.fsencode(test_model)], cwd=proj,
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    job = os.path.join(proj, out)
+    assert os.path.exists(os.path.join(job, b"RELION_JOB_EXIT_SUCCESS"))
+    assert b"rank_model.star" in open(os.path.join(job, b"rank_optimiser.star"), "rb").read()
+    assert out + b"rank_model.star" in open(os.path.join(job, b"rank_optimiser.star"), "rb").read()
+    assert out + b"particles.star" in open(os.path.join(job, b"RELION_OUTPUT_NODES.star"), "rb").read()
+    assert new + b"run_it020_optimiser.star" in r.stdout
+    # an error names the file with its own bytes
+    r = subprocess.run([os.fsencode(sys.executable), os.fsencode(EXE), b"--o", out, b"--in_parts",
+                        new + b"run_data.star", b"--model", os.fsencode(test_model)], cwd=proj, capture_output=True)
+    assert r.returncode == 1 and r.stderr == b"ERROR: " + new + b"run_optimiser.star: optimiser STAR not found " \
+                                             b"(looked beside the --in_parts data.star)\n"
