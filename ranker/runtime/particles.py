@@ -87,9 +87,11 @@ class _Walker:
     block, a short row) is walked line by line with full checks.
     """
 
-    def __init__(self, path: str, abort: Callable[[], None] | None):
+    def __init__(self, path: str, abort: Callable[[], None] | None, with_optics: bool = False):
         self.path = path
         self.abort = abort
+        self.with_optics = with_optics  # tokens are (class, optics group) pairs (scan_particles checks them)
+        self.optics_index = -1
         self.block = ""
         self.labels: list[str] = []
         self.state = "none"
@@ -98,22 +100,29 @@ class _Walker:
         self.optics = None
         self.lineno = 0
 
+    def _token(self, tokens):
+        if self.optics_index >= 0:
+            return tokens[self.class_index], tokens[self.optics_index]
+        return tokens[self.class_index]
+
     def walk(self, fh):
         for line in fh:
             tokens = self.feed(line)
-            yield [line], None if tokens is None else [tokens[self.class_index]]
+            yield [line], None if tokens is None else [self._token(tokens)]
             if self.class_index >= 0 and self.state == "rows":
                 break  # first particle row seen: the rest goes in chunks
         else:
             return
         ncol = len(self.labels)
         ci = self.class_index
-        if ncol - ci < ci + 1:  # split from the side nearer the class column: fewer splits
-            split = operator.methodcaller("rsplit", None, ncol - ci)
-            column = operator.itemgetter(1)
+        wanted = [ci] if self.optics_index < 0 else [ci, self.optics_index]
+        lo, hi = min(wanted), max(wanted)
+        if ncol - lo < hi + 1:  # split from the side nearer the wanted columns: fewer splits
+            split = operator.methodcaller("rsplit", None, ncol - lo)
+            column = operator.itemgetter(*[1 + i - lo for i in wanted])
         else:
-            split = operator.methodcaller("split", None, ci + 1)
-            column = operator.itemgetter(ci)
+            split = operator.methodcaller("split", None, hi + 1)
+            column = operator.itemgetter(*wanted)
         while True:
             lines = fh.readlines(CHUNK_BYTES)
             if not lines:
@@ -135,7 +144,7 @@ class _Walker:
                     lines = []
             for line in lines + tail:  # careful path
                 tokens = self.feed(line)
-                yield [line], None if tokens is None or self.class_index < 0 else [tokens[self.class_index]]
+                yield [line], None if tokens is None or self.class_index < 0 else [self._token(tokens)]
 
     @staticmethod
     def _plain(lines, ncol: int) -> bool:
@@ -167,7 +176,11 @@ class _Walker:
             if self.state == "rows":
                 raise StarError(f"{path}: line {lineno}: column label after the rows of data_{self.block}")
             if self.state == "labels":
-                self.labels.append(stripped[1:].split()[0].decode(errors="replace"))
+                label = stripped[1:].split()[0].decode(errors="replace")
+                if label in self.labels:
+                    raise StarError(f"{path}: line {lineno}: label _{label} appears twice in table "
+                                    f"data_{self.block} (RELION cannot read such a file)")
+                self.labels.append(label)
             return None
         if self.state not in ("labels", "rows"):
             raise StarError(f"{path}: line {lineno}: unexpected text outside a table")
@@ -205,6 +218,8 @@ class _Walker:
             self.found_table = True
             self.particle_labels = list(self.labels)
             self.class_index = self.labels.index("rlnClassNumber")
+            if self.with_optics and self.optics is not None and "rlnOpticsGroup" in self.labels:
+                self.optics_index = self.labels.index("rlnOpticsGroup")
         else:
             self.class_index = -1
 
@@ -227,8 +242,8 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
     garbled, or the table is empty.
     """
     path = os.fspath(path)
-    walker = _Walker(path, abort)
-    token_counts: Counter[bytes] = Counter()
+    walker = _Walker(path, abort, with_optics=True)
+    token_counts: Counter = Counter()  # of class tokens, or of (class, optics group) token pairs
     last: bytes | None = None
     with _open(path) as fh:
         for lines, tokens in walker.walk(fh):
@@ -238,6 +253,13 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
         walker.close(0)
     if not walker.found_table:
         raise StarError(f"{path}: no particle table (data_particles, or a table with _rlnImageName)")
+    if last is not None and not last.endswith(b"\n"):
+        raise StarError(f"{path}: the last particle row does not end with a line end (file cut short?)")
+    if walker.optics_index >= 0:
+        _check_optics_groups({o for _c, o in token_counts}, walker.optics, path)
+        pairs, token_counts = token_counts, Counter()
+        for (c, _o), n in pairs.items():
+            token_counts[c] += n
     counts: Counter[int] = Counter()
     for token, n in token_counts.items():
         counts[_class_of(token, path)] += n
@@ -247,6 +269,33 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
     last_row = {label: t.decode(errors="replace") for label, t in zip(walker.particle_labels, _split(last.strip()))}
     return ParticleSummary(path=path, n_particles=n_particles, counts=dict(counts),
                            labels=walker.particle_labels, optics=walker.optics, last_row=last_row)
+
+
+def _check_optics_groups(tokens: set, optics: StarBlock, path: str) -> None:
+    """Every particle's rlnOpticsGroup must be a group the optics table defines: RELION's own
+    programs refuse the file otherwise ("optics groups were not defined"), so would the next job."""
+    if not optics.has("rlnOpticsGroup"):
+        raise StarError(f"{path}: table data_optics has no _rlnOpticsGroup column, but the particles name "
+                        "optics groups")
+    defined = set()
+    for value in optics.column("rlnOpticsGroup"):
+        try:
+            defined.add(int(value))
+        except ValueError:
+            raise StarError(f"{path}: table data_optics: rlnOpticsGroup {value!r} is not a whole number") from None
+    undefined = set()
+    for token in tokens:
+        try:
+            group = int(token)
+        except ValueError:
+            undefined.add(token.decode(errors="replace"))
+            continue
+        if group not in defined:
+            undefined.add(str(group))
+    if undefined:
+        shown = ", ".join(sorted(undefined)[:5])
+        raise StarError(f"{path}: particles are in optics group(s) {shown} that table data_optics does not define "
+                        f"(it defines {', '.join(map(str, sorted(defined))) or 'none'}); RELION cannot read such a file")
 
 
 def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, selected_classes,
