@@ -228,10 +228,10 @@ def test_an_input_inside_the_job_directory_is_never_removed(sim_project, test_mo
     assert jobmod.main(["--o", out, "--in_optimiser", SIM_OPT, "--model", test_model]) == 0  # ours
     capsys.readouterr()
     text = open(SIM_OPT).read()
-    open(out + "c_optimiser.star", "w").write(text.replace("Class2D/job002/run_it020_data.star", out + "particles.star"))
+    open(out + "copt.star", "w").write(text.replace("Class2D/job002/run_it020_data.star", out + "particles.star"))
     shutil.copy(SIM_DATA, out + "particles.star")
     data = open(out + "particles.star", "rb").read()
-    rc, _out, err = run_inproc(["--o", out, "--in_optimiser", out + "c_optimiser.star", "--model", test_model,
+    rc, _out, err = run_inproc(["--o", out, "--in_optimiser", out + "copt.star", "--model", test_model,
                                 "--in_parts", out + "particles.star"], capsys)
     assert rc == 1
     assert_one_error_line(err, out + "particles.star", "is an input of this run")
@@ -271,7 +271,7 @@ def test_fifo_device_or_directory_as_an_input_is_refused_at_once(sim_project, te
 # the model and the options
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("damage,needle", [("nan", "NaN or Inf"), ("inf", "NaN or Inf"), ("empty", "not a readable"),
-                                           ("garbage", "not a readable"), ("truncated", "not a readable"),
+                                           ("garbage", "refused: not plain weights"), ("truncated", "not a readable"),
                                            ("wrong_values", "not a usable weights file")])
 def test_bad_weights_are_refused_naming_the_file(sim_project, test_model, capsys, damage, needle):
     import torch
@@ -284,7 +284,7 @@ def test_bad_weights_are_refused_naming_the_file(sim_project, test_model, capsys
     elif damage == "empty":
         open(path, "wb").close()
     elif damage == "garbage":
-        open(path, "wb").write(os.urandom(5000))
+        open(path, "wb").write(b"\x89garbage, no torch file\n" * 200)
     elif damage == "truncated":
         open(path, "wb").write(open(test_model, "rb").read()[:100000])
     else:
@@ -315,9 +315,11 @@ def test_option_errors_are_one_line_in_run_err(sim_project, test_model, args, ne
 
 
 def test_too_many_threads_is_a_note(sim_project, test_model, capsys):
-    rc, out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model, "--j", "100000"], capsys)
-    assert rc == 0, err
-    assert "Note: --j 100000 is more than the" in out
+    # (a subprocess: forked from this test process, which has used torch's threads, the scorer could hang)
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model,
+                        "--j", "100000"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Note: --j 100000 is more than the" in r.stdout
     # the same option twice with the same value is no conflict
     rc, out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model, "--j", "1", "--j", "1"],
                               capsys)
@@ -387,3 +389,189 @@ def test_paths_that_are_not_utf8(tmp_path, test_model):
                         new + b"run_data.star", b"--model", os.fsencode(test_model)], cwd=proj, capture_output=True)
     assert r.returncode == 1 and r.stderr == b"ERROR: " + new + b"run_optimiser.star: optimiser STAR not found " \
                                              b"(looked beside the --in_parts data.star)\n"
+
+
+# ------------------------------------------------------------------------------------------
+# files that do not belong together, or are cut short
+# ------------------------------------------------------------------------------------------
+MODEL = "Class2D/job002/run_it020_model.star"
+STACK = "Class2D/job002/run_it020_classes.mrcs"
+
+
+def copy_iteration(it):
+    """Iteration 20 copied as iteration ``it`` (its STAR files name their own iteration)."""
+    for suffix in ("optimiser.star", "model.star", "data.star", "classes.mrcs"):
+        data = open(f"Class2D/job002/run_it020_{suffix}", "rb").read()
+        if suffix.endswith(".star"):
+            data = data.replace(b"run_it020_", f"run_it{it:03d}_".encode())
+        open(f"Class2D/job002/run_it{it:03d}_{suffix}", "wb").write(data)
+
+
+def rewrite(path, old, new):
+    text = open(path).read()
+    assert old in text, old
+    open(path, "w").write(text.replace(old, new))
+
+
+def data_rows_edit(fn):
+    """Apply fn(class number) -> class number to every particle row of SIM's data.star."""
+    lines = open(SIM_DATA).read().split("\n")
+    labels, in_parts = [], False
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("data_"):
+            in_parts, labels = s == "data_particles", []
+        elif in_parts and s.startswith("_"):
+            labels.append(s.split()[0][1:])
+        elif in_parts and s and not s.startswith(("loop_", "#")):
+            t = line.split()
+            ci = labels.index("rlnClassNumber")
+            t[ci] = str(fn(int(t[ci])))
+            lines[i] = " ".join(t)
+    open(SIM_DATA, "w").write("\n".join(lines))
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("in_parts_other_iteration", "run_it019_data.star: is not the data.star of"),
+    ("optimiser_names_other_data", "as its data, which is not from its iteration"),
+    ("optimiser_names_other_model", "as its model, which is not from its iteration"),
+    ("model_names_other_stack", "names class images in Class2D/job002/run_it019_classes.mrcs"),
+    ("stack_of_another_job", "holds 25 class images but Class2D/job002/run_it020_model.star has 20 classes"),
+    ("data_of_an_earlier_iteration", "that Class2D/job002/run_it020_model.star says are empty"),
+    ("data_with_a_class_deserted", "has no particles in class(es) [7]"),
+    ("data_of_another_job", "has 3700 particles but Class2D/job002/run_it020_model.star was made from 3850"),
+    ("data_cut_at_a_row", "particles but Class2D/job002/run_it020_model.star was made from 3850"),
+    ("data_cut_in_a_value", "the last particle row does not end with a line end")])
+def test_files_that_do_not_belong_together_are_refused(sim_project, test_model, capsys, case, needle):
+    import mrcfile
+    import numpy as np
+    copy_iteration(19)
+    args = ["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model]
+    if case == "in_parts_other_iteration":
+        args += ["--in_parts", "Class2D/job002/run_it019_data.star"]
+    elif case == "optimiser_names_other_data":
+        rewrite(SIM_OPT, "run_it020_data.star", "run_it019_data.star")
+    elif case == "optimiser_names_other_model":
+        rewrite(SIM_OPT, "run_it020_model.star", "run_it019_model.star")
+    elif case == "model_names_other_stack":
+        rewrite(MODEL, "run_it020_classes.mrcs", "run_it019_classes.mrcs")
+    elif case == "stack_of_another_job":
+        arr = mrcfile.read(STACK)
+        mrcfile.write(STACK, np.concatenate([arr, arr[:5]]), overwrite=True)
+    elif case == "data_of_an_earlier_iteration":  # particles spread over all 20 classes, as early on
+        data_rows_edit(lambda k: {3: 1, 4: 2, 5: 6}.get(k, k))
+    elif case == "data_with_a_class_deserted":
+        data_rows_edit(lambda k: 3 if k == 7 else k)
+    elif case == "data_of_another_job":
+        text = open(SIM_DATA).read()
+        rows = [l for l in text.split("\n") if "@" in l]
+        open(SIM_DATA, "w").write(text.replace("\n".join(rows[-150:]) + "\n", ""))
+    elif case == "data_cut_at_a_row":
+        text = open(SIM_DATA).read()
+        open(SIM_DATA, "w").write(text[: text.index("\n", len(text) // 2) + 1])
+    elif case == "data_cut_in_a_value":  # as if its last value were "17" and the "7" was cut: 22 values
+        text = open(SIM_DATA).read()
+        open(SIM_DATA, "w").write(text.rstrip(" \n"))
+    rc, _out, err = run_inproc(args, capsys)
+    assert rc == 1
+    assert_one_error_line(err, needle)
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+def test_same_iteration_checks_keep_the_fallbacks(sim_project, test_model, capsys):
+    """A data.star of a not-yet-written iteration switches optimiser and data together; a job
+    directory names its final iteration; both --in_parts and --in_optimiser of one iteration work."""
+    copy_iteration(19)
+    for args in (["--in_parts", "Class2D/job002/run_it025_data.star"], ["--in_optimiser", "Class2D/job002/"],
+                 ["--in_parts", "Class2D/job002"], ["--in_optimiser", SIM_OPT, "--in_parts", "./" + SIM_DATA],
+                 ["--in_optimiser", "Class2D/job002/run_it019_optimiser.star",
+                  "--in_parts", "Class2D/job002/run_it019_data.star"]):
+        rc, out, err = run_inproc(["--o", OUT, "--model", test_model] + args, capsys)
+        assert rc == 0, (args, err)
+
+
+def _cuts(path):
+    """Byte positions to cut a STAR file at: every table start, every 7th line end, inside values."""
+    data = open(path, "rb").read()
+    ends = [i + 1 for i, b in enumerate(data) if b == 10]
+    blocks = [i for i in range(len(data)) if data.startswith(b"\ndata_", i)]
+    cuts = set(ends[::7] + blocks + [e - 3 for e in ends[::11]] + ends[-3:-1] + [len(data) - 2])
+    return sorted(c for c in cuts if 0 < c < len(data)), data
+
+
+@pytest.mark.parametrize("project", ["sim", "r5"])
+def test_a_model_star_cut_anywhere_is_refused(project, tmp_path, monkeypatch):
+    """Read the Class2D iteration with its model.star cut at hundreds of places (table starts, row
+    ends, inside values, just before the final blank line): every cut is refused, by name."""
+    from conftest import R5, R5_OPT
+    from ranker.runtime.class2d import read_class2d
+    from ranker.runtime.star import StarError
+    copy_project(SIM if project == "sim" else R5, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    opt = SIM_OPT if project == "sim" else R5_OPT
+    model = opt.replace("optimiser", "model")
+    read_class2d(opt)  # whole: fine
+    cuts, data = _cuts(model)
+    for cut in cuts:
+        open(model, "wb").write(data[:cut])
+        with pytest.raises(StarError, match=model):
+            read_class2d(opt)
+    opt_cuts, opt_data = _cuts(opt)
+    open(model, "wb").write(data)
+    for cut in opt_cuts:
+        open(opt, "wb").write(opt_data[:cut])
+        with pytest.raises(StarError, match=opt):
+            read_class2d(opt)
+
+
+def test_a_model_star_cut_after_model_classes_fails_the_job(sim_project, test_model, capsys):
+    text = open(MODEL).read()
+    open(MODEL, "w").write(text[: text.index("\n# version 30001\n\ndata_model_class_1")] + "\n \n")
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 1
+    assert_one_error_line(err, MODEL, "table data_model_class_1 is missing")
+
+
+DEFECTS = {
+    "duplicated particle label": ("_rlnCoordinateY #4", "_rlnCoordinateX #4", "label _rlnCoordinateX appears twice"),
+    "duplicated optics label": ("_rlnVoltage #4", "_rlnImageSize #4", "label _rlnImageSize appears twice"),
+    "undefined optics group": None, "optics group not a number": None,
+    "no optics group column in data_optics": ("_rlnOpticsGroup #2", "_rlnOpticsGroupX #2",
+                                              "table data_optics has no _rlnOpticsGroup column")}
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_inputs_relion_cannot_read_are_refused(sim_project, test_model, capsys, defect):
+    """What RELION's own tools reject is refused, so that no output copies the defect
+    (relion_star_handler, when installed, is asked to confirm that RELION rejects the file)."""
+    if DEFECTS[defect]:
+        old, new, needle = DEFECTS[defect]
+        rewrite(SIM_DATA, old, new)
+    else:
+        group = "2" if defect == "undefined optics group" else "x"
+        lines = open(SIM_DATA).read().split("\n")
+        rows = [i for i, l in enumerate(lines) if "@" in l]
+        t = lines[rows[100]].split()
+        t[10] = group  # rlnOpticsGroup is column 11 of SIM's particles
+        lines[rows[100]] = " ".join(t)
+        open(SIM_DATA, "w").write("\n".join(lines))
+        needle = f"particles are in optics group(s) {group} that table data_optics does not define"
+    if shutil.which("relion_star_handler"):
+        r = subprocess.run(["relion_star_handler", "--i", SIM_DATA, "--o", "check.star", "--select",
+                            "rlnClassNumber", "--minval", "1", "--maxval", "20"], capture_output=True, text=True)
+        assert "ERROR" in r.stdout + r.stderr or defect == "no optics group column in data_optics", r.stdout
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 1
+    assert_one_error_line(err, SIM_DATA, needle)
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+@pytest.mark.parametrize("which", ["optimiser", "model"])
+def test_duplicated_labels_in_optimiser_or_model_are_refused(sim_project, test_model, capsys, which):
+    path = SIM_OPT if which == "optimiser" else MODEL
+    old = "_rlnParticleDiameter" if which == "optimiser" else "_rlnAccuracyTranslationsAngst #4"
+    new = "_rlnRandomSeed" if which == "optimiser" else "_rlnAccuracyRotations #4"
+    rewrite(path, old, new)
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 1
+    assert_one_error_line(err, path, "appears twice")

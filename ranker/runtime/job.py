@@ -16,7 +16,7 @@ import time
 
 from .. import __version__
 from . import protocol
-from .options import OptionError, Options, parse_options, usage
+from .options import OptionError, Options, parse_options, usable_threads, usage
 from .protocol import JobAborted, JobDir, OutputError
 
 OUTPUT_NAMES = ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
@@ -177,14 +177,11 @@ def read_class2d_job(opts: Options, log: Log):
 
 def count_particles_per_class(job, jobdir: JobDir, log: Log):
     """Stream data.star once: particles per class, optics groups (flat memory)."""
+    from .class2d import check_particles_fit
     from .particles import scan_particles
-    from .star import StarError
 
     parts = scan_particles(job.data_path, abort=jobdir.check_abort)
-    unknown = sorted(set(parts.counts) - {c.class_number for c in job.classes})
-    if unknown:
-        raise StarError(f"{job.data_path}: particles belong to class(es) {unknown[:5]} that "
-                        f"{job.model_path} does not have ({job.nr_classes} classes)")
+    check_particles_fit(job, parts.n_particles, parts.counts, job.data_path)
     log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
         f"{parts.n_optics_groups} optics group(s)")
     return parts
@@ -347,9 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     signals = protocol.Interruptions().install()
     try:
         return _main(argv, as_program, signals)
-    except protocol.JobInterrupted as exc:  # before the job directory was claimed
-        print(f"ERROR: {exc}; nothing written", file=sys.stderr, flush=True)
-        return 128 + exc.signum
     finally:
         signals.restore()
 
@@ -357,30 +351,31 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) -> int:
     from . import inputs
 
-    inputs.reset()
-    for token in argv:  # whatever the command line names is an input: never removed, even after a failure
-        if not token.startswith("--") and os.path.lexists(token):
-            inputs.declare(token)
-    try:
-        opts = parse_options(argv)
-    except OptionError as exc:
-        if str(exc) in ("help", "version"):
-            print(usage() if str(exc) == "help" else version())
-            return 0
-        print(usage())  # to run.out; run.err gets the one line
-        return _fail_early(JobDir(_out_dir_guess(argv)) if _out_dir_guess(argv) else None,
-                           f"ERROR: {exc}", 2)
-    jobdir = JobDir(opts.out_dir)
-    log = _log_for(as_program)
-    try:
-        notes = jobdir.claim(OUTPUT_NAMES)
-    except protocol.JobRefused as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 1
+    jobdir: JobDir | None = None
     outcome: BaseException | None = None
     try:
         try:
-            for note in notes + opts.notes:
+            inputs.reset()
+            for token in argv:  # whatever the command line names is an input: never removed, even after a failure
+                if not token.startswith("--") and os.path.lexists(token):
+                    inputs.declare(token)
+            try:
+                opts = parse_options(argv)
+            except OptionError as exc:
+                if str(exc) in ("help", "version"):
+                    print(usage() if str(exc) == "help" else version())
+                    return 0
+                print(usage())  # to run.out; run.err gets the one line
+                return _fail_early(_out_dir_guess(argv), f"ERROR: {exc}", 2, signals)
+            jobdir = JobDir(opts.out_dir)
+            log = _log_for(as_program)
+            try:
+                notes = jobdir.claim(OUTPUT_NAMES)
+            except protocol.JobRefused as exc:
+                print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+                return 1
+            opts.threads, note = usable_threads(opts.threads)
+            for note in notes + [note] * bool(note):
                 log(note)
             from .model import model_path
             log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
@@ -393,6 +388,11 @@ def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) ->
     except protocol.JobInterrupted as exc:  # landed in the handler above, before block(): the first signal
         outcome = exc
     signals.block()
+    if jobdir is None or jobdir.lock_fd is None:  # stopped before the directory was ours (a signal at start-up)
+        status = 128 + outcome.signum if isinstance(outcome, protocol.JobInterrupted) else 1
+        line = (f"ERROR: {outcome}; no outputs written" if isinstance(outcome, protocol.JobInterrupted)
+                else f"ERROR: {_one_line(outcome)}")
+        return _fail_early(jobdir.path if jobdir else _out_dir_guess(argv), line, status, signals)
     return _finish(jobdir, outcome, signals)
 
 
@@ -437,15 +437,18 @@ def _finish(jobdir: JobDir, outcome: BaseException | None, signals: protocol.Int
         jobdir.release()
 
 
-def _fail_early(jobdir: JobDir | None, line: str, status: int) -> int:
-    """A failure before the options are known (a bad command line): the line on stderr and, where the
-    directory can be claimed as ours, RELION_JOB_EXIT_FAILURE (so RELION does not wait for ever)."""
+def _fail_early(out_dir: str | None, line: str, status: int, signals: protocol.Interruptions) -> int:
+    """A failure before the job directory was claimed (a bad command line, a signal at start-up): the
+    line on stderr and, where the directory can be claimed as ours, RELION_JOB_EXIT_FAILURE (so that
+    RELION does not wait for ever) after removing an earlier run's outputs."""
+    signals.block()
     print(line, file=sys.stderr, flush=True)
-    if jobdir is None:
+    if not out_dir:
         return status
+    jobdir = JobDir(out_dir)
     try:
         jobdir.claim(OUTPUT_NAMES)
-    except protocol.JobRefused:
+    except (protocol.JobRefused, OSError):
         return status  # another job's directory, or another run is in it: not ours to mark
     try:
         jobdir.remove_outputs(OUTPUT_NAMES)

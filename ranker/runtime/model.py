@@ -248,7 +248,7 @@ def _state_dict_from(obj, path: str):
                      f"(keys: {', '.join(sorted(map(str, obj))[:6])})")
 
 
-def _first_line(exc: BaseException, default: str) -> str:
+def _first_line(exc: BaseException | str, default: str) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:120] if text else default
 
@@ -301,8 +301,10 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ModelError(f"{path}: refused: the file holds objects that are not plain weights "
-                         f"and would need code to run ({_first_line(exc, 'unsafe content')})") from None
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip() or text  # torch's reason, without its preamble
+        raise ModelError(f"{path}: refused: not plain weights (the file is damaged, or holds objects that "
+                         f"would need code to run: {_first_line(detail, 'unsafe content')})") from None
     except Exception as exc:  # noqa: BLE001 - an empty or garbage file fails in many ways inside torch
         raise ModelError(f"{path}: not a readable torch weights file ({_first_line(exc, type(exc).__name__)})") \
             from None

@@ -35,7 +35,6 @@ class Options:
     job_context: bool = True
     write_features: bool = False
     ignored: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # for run.out
 
 
 _TRUE = {"", "true", "yes", "1", "on", "y"}
@@ -148,11 +147,16 @@ def parse_options(argv: list[str]) -> Options:
         raise OptionError("--o is required (the External job directory, e.g. External/job012/)")
     if opts.threads < 1:
         raise OptionError(f"--j {opts.threads}: needs at least 1 thread")
-    cores = _cores()
-    if opts.threads > cores:
-        opts.notes.append(f"Note: --j {opts.threads} is more than the {cores} core(s) this job may use; using {cores}")
-        opts.threads = cores
     return opts
+
+
+def usable_threads(requested: int) -> tuple[int, str | None]:
+    """``--j`` lowered to the cores this process may use (torch and scipy were handed e.g. 1e20
+    threads), with a note for run.out when lowered."""
+    cores = _cores()
+    if requested > cores:
+        return cores, f"Note: --j {requested} is more than the {cores} core(s) this job may use; using {cores}"
+    return requested, None
 
 
 def _shown(value: str | None) -> str:

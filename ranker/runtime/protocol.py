@@ -222,6 +222,7 @@ class JobDir:
             try:
                 import fcntl
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.lock_fd = fd  # held from here (a signal now ends in the cleanup that releases it)
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "just starting"
                 os.close(fd)
@@ -236,6 +237,7 @@ class JobDir:
             except FileNotFoundError:
                 same = False
             if not same:  # removed by the run that just ended: lock the new file
+                self.lock_fd = None
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
