@@ -111,7 +111,8 @@ def alive(pid):
 # signals and interruptions
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "temporary outputs"), (signal.SIGINT, "counting"),
-                                      (signal.SIGHUP, "features"), (signal.SIGTERM, "start")])
+                                      (signal.SIGHUP, "features"), (signal.SIGTERM, "start"),
+                                      (signal.SIGUSR2, "temporary outputs"), (signal.SIGXCPU, "counting")])
 def test_signal_ends_the_job_cleanly(big, test_model, sig, when):
     out = "External/job010/"
     proc = start_job(out, model=test_model)
@@ -131,6 +132,27 @@ def test_signal_ends_the_job_cleanly(big, test_model, sig, when):
     assert not {"particles.star", "rank_data.star", "logfile.pdf"} & set(os.listdir(out))
     wait_for(lambda: not any(alive(k) for k in kids), timeout=10, what="the job's child processes to end")
     assert "Traceback" not in open(out + "run.out").read() + open(out + "run.err").read()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_the_whole_process_group(big, test_model, sig):
+    """Ctrl-C in a terminal (and some batch systems) signal every process of the job at once: the
+    children die at once, and the job still says what stopped it, in one line."""
+    out = "External/job013/"
+    os.makedirs(out)
+    proc = subprocess.Popen([sys.executable, EXE, "--o", out, "--in_optimiser", BIG_OPT, "--j", "1", "--model",
+                             test_model], stdout=open(out + "run.out", "ab"), stderr=open(out + "run.err", "ab"),
+                            start_new_session=True)
+    wait_for(lambda: "read optimiser and model" in open(out + "run.out").read() or proc.poll() is not None,
+             what="the job to start")
+    assert proc.poll() is None
+    kids = children(proc.pid)
+    assert kids, "no background process to signal"
+    os.killpg(proc.pid, sig)
+    assert proc.wait(60) == 128 + sig
+    assert_one_error_line(open(out + "run.err").read().splitlines(), f"stopped by {signal.Signals(sig).name}")
+    assert exit_files(out) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(out) == []
+    wait_for(lambda: not any(alive(k) for k in kids), timeout=10, what="the job's child processes to end")
 
 
 def test_sigkill_leftovers_are_removed_by_the_next_run(big, test_model):
@@ -311,6 +333,57 @@ def test_option_errors_are_one_line_in_run_err(sim_project, test_model, args, ne
     assert r.returncode == 2
     assert_one_error_line(r.stderr.splitlines(), needle)
     assert "usage:" in r.stdout  # the usage text goes to run.out
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+def test_min_score_above_max_score_is_refused(sim_project, test_model):
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model,
+                        "--min_score", "0.8", "--max_score", "0.2"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr.splitlines(), "--min_score 0.8 is above --max_score 0.2")
+
+
+def test_nothing_selected_is_said_in_run_out(sim_project, test_model, capsys, monkeypatch):
+    from ranker.runtime.model import Ranker
+    import numpy as np
+    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.full(len(v), 0.1, np.float32))
+    rc, out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 0, err
+    assert "WARNING: no particle was selected" in out
+
+
+def test_closed_stdout_and_stderr_still_end_with_an_exit_file(sim_project, test_model):
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_optimiser", "nothing_optimiser.star", "--model",
+                        test_model], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       preexec_fn=lambda: (os.close(1), os.close(2)))
+    assert r.returncode == 1
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+def test_a_locale_that_is_not_utf8(sim_project, test_model):
+    """run.out in latin-1 (a site's locale), a project path with a character latin-1 lacks."""
+    os.makedirs("Class2D/jobā")
+    for f in os.listdir("Class2D/job002"):
+        text = open(os.path.join("Class2D/job002", f), "rb").read()
+        if f.endswith(".star"):
+            text = text.replace(b"Class2D/job002/", "Class2D/jobā/".encode())
+        open(os.path.join("Class2D/jobā", f), "wb").write(text)
+    env = dict(os.environ, PYTHONIOENCODING="latin-1", LC_ALL="C")
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_optimiser", "Class2D/jobā/run_it020_optimiser.star",
+                        "--model", test_model], capture_output=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert b"Class2D/job\\u0101/run_it020_optimiser.star" in r.stdout  # escaped, not a crash
+
+
+def test_a_file_size_limit_names_the_output(sim_project, test_model):
+    """ulimit -f: SIGXFSZ would kill the job without an exit file; the write fails instead, named."""
+    import resource
+    limit = os.path.getsize(SIM_DATA) // 2
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model],
+                       capture_output=True, text=True,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert r.returncode == 1
+    assert_one_error_line(r.stderr.splitlines(), OUT, "cannot write (File too large)")
     assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
 
 

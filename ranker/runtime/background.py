@@ -16,13 +16,15 @@ _LIVE: set = set()  # Background steps started and not yet joined (stop_all ends
 
 
 def _as_child(parent_pid: int) -> None:
-    """In a forked child: the default action for SIGTERM, SIGINT and SIGHUP (the parent's
+    """In a forked child: the default action for SIGTERM, SIGINT, SIGHUP and the other signals the
+    parent turns into an exception (the parent's
     handlers raise an exception meant for the parent's cleanup; a child is ended by its parent, or
     with it by a signal sent to the whole process group), and, on Linux, SIGKILL when the parent
     dies, even by SIGKILL, so that no child outlives the job."""
     import signal
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGXCPU):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
     try:

@@ -60,20 +60,19 @@ class Log:
         self.startup_text, self.since = startup, since
 
     def __call__(self, text: str) -> None:
-        print(text, flush=True)
+        _say(text)
 
     def startup(self) -> None:
         if self.startup_text:
-            print(f" + start-up ({self.startup_text}): {self.called - self.t0:.2f} s", flush=True)
+            _say(f" + start-up ({self.startup_text}): {self.called - self.t0:.2f} s")
 
     def stage(self, name: str) -> None:
         now = time.perf_counter()
-        print(f" + {name}: {now - self.t:.2f} s", flush=True)
+        _say(f" + {name}: {now - self.t:.2f} s")
         self.t = now
 
     def total(self) -> None:
-        print(f"Total time: {time.perf_counter() - self.t0:.2f} s ({self.since}; the + lines add up to it)",
-              flush=True)
+        _say(f"Total time: {time.perf_counter() - self.t0:.2f} s ({self.since}; the + lines add up to it)")
 
 
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
@@ -301,6 +300,9 @@ def log_results(job, parts, scores: dict, sel, n_written: int, jobdir: JobDir, l
     if sel.by_fallback:
         log(f"  {len(sel.by_fallback)} class(es) added to reach the minimum number of particles/classes: "
             + ", ".join(map(str, sel.by_fallback)))
+    if not n_written:
+        log("WARNING: no particle was selected: particles.star holds none (lower --min_score, or set "
+            "--select_min_nr_classes / --select_min_nr_particles)")
 
 
 def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, threshold_text, model_path) -> None:
@@ -365,14 +367,14 @@ def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) ->
                 if str(exc) in ("help", "version"):
                     print(usage() if str(exc) == "help" else version())
                     return 0
-                print(usage())  # to run.out; run.err gets the one line
+                _say(usage())  # to run.out; run.err gets the one line
                 return _fail_early(_out_dir_guess(argv), f"ERROR: {exc}", 2, signals)
             jobdir = JobDir(opts.out_dir)
             log = _log_for(as_program)
             try:
                 notes = jobdir.claim(OUTPUT_NAMES)
             except protocol.JobRefused as exc:
-                print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+                _say(f"ERROR: {exc}", sys.stderr)
                 return 1
             opts.threads, note = usable_threads(opts.threads)
             for note in notes + [note] * bool(note):
@@ -411,26 +413,29 @@ def _finish(jobdir: JobDir, outcome: BaseException | None, signals: protocol.Int
             jobdir.discard()
             kept = jobdir.remove_outputs(OUTPUT_NAMES)
             if isinstance(outcome, JobAborted):
-                print("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.", flush=True)
+                _say("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.")
                 exit_name, status = protocol.EXIT_ABORTED, 1
             elif isinstance(outcome, protocol.JobInterrupted):
-                print(f"ERROR: {outcome}; no outputs written", file=sys.stderr, flush=True)
+                _say(f"ERROR: {outcome}; no outputs written", sys.stderr)
                 exit_name, status = protocol.EXIT_FAILURE, 128 + outcome.signum
             elif isinstance(outcome, (KeyboardInterrupt, SystemExit)):
-                print(f"ERROR: stopped ({type(outcome).__name__}); no outputs written", file=sys.stderr, flush=True)
+                _say(f"ERROR: stopped ({type(outcome).__name__}); no outputs written", sys.stderr)
                 exit_name, status = protocol.EXIT_FAILURE, 1
             else:
-                print(f"ERROR: {_one_line(outcome)}", file=sys.stderr, flush=True)
+                _say(f"ERROR: {_one_line(outcome)}", sys.stderr)
                 if os.environ.get("RELION_EXTERNAL_RANK_DEBUG"):
                     import traceback
-                    traceback.print_exception(outcome)
+                    try:
+                        traceback.print_exception(outcome)
+                    except (OSError, ValueError):
+                        pass
                 exit_name, status = protocol.EXIT_FAILURE, 1
             if kept:
-                print(f"Note: kept {', '.join(kept)}: read as an input of this run", flush=True)
+                _say(f"Note: kept {', '.join(kept)}: read as an input of this run")
         try:
             jobdir.finish(exit_name)
         except OSError as exc:
-            print(f"ERROR: {jobdir.path}: cannot write {exit_name} ({exc.strerror})", file=sys.stderr, flush=True)
+            _say(f"ERROR: {jobdir.path}: cannot write {exit_name} ({exc.strerror})", sys.stderr)
             status = status or 1
         return status
     finally:
@@ -442,7 +447,7 @@ def _fail_early(out_dir: str | None, line: str, status: int, signals: protocol.I
     line on stderr and, where the directory can be claimed as ours, RELION_JOB_EXIT_FAILURE (so that
     RELION does not wait for ever) after removing an earlier run's outputs."""
     signals.block()
-    print(line, file=sys.stderr, flush=True)
+    _say(line, sys.stderr)
     if not out_dir:
         return status
     jobdir = JobDir(out_dir)
@@ -462,12 +467,31 @@ def _fail_early(out_dir: str | None, line: str, status: int, signals: protocol.I
 
 def _tolerant_streams() -> None:
     """stdout/stderr (run.out/run.err) write file names as their bytes: Linux paths need not be
-    UTF-8, and Python holds such bytes as surrogates that a strict stream refuses to print."""
+    UTF-8, and Python holds such bytes as surrogates that a strict stream refuses to print; what the
+    stream's encoding cannot hold otherwise (a non-UTF-8 locale) is written as a backslash escape."""
+    import codecs
+
+    def as_bytes_or_escaped(exc):
+        if isinstance(exc, UnicodeEncodeError):
+            chunk = exc.object[exc.start:exc.end]
+            if all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):
+                return bytes(ord(c) - 0xDC00 for c in chunk), exc.end
+        return codecs.backslashreplace_errors(exc)
+
+    codecs.register_error("relion_external_rank", as_bytes_or_escaped)
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(errors="surrogateescape")
+            stream.reconfigure(errors="relion_external_rank")
         except (AttributeError, ValueError, OSError):
             pass
+
+
+def _say(line: str, stream=None) -> None:
+    """Print a line; a closed or broken stream (stdout closed, a pipe gone) must not stop the cleanup."""
+    try:
+        print(line, file=stream or sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def program() -> None:

@@ -147,6 +147,9 @@ def parse_options(argv: list[str]) -> Options:
         raise OptionError("--o is required (the External job directory, e.g. External/job012/)")
     if opts.threads < 1:
         raise OptionError(f"--j {opts.threads}: needs at least 1 thread")
+    if opts.min_score != "auto" and opts.min_score > opts.max_score:
+        raise OptionError(f"--min_score {opts.min_score:g} is above --max_score {opts.max_score:g}: no class could "
+                          "be selected")
     return opts
 
 

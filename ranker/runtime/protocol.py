@@ -83,12 +83,18 @@ class JobInterrupted(BaseException):
 
 SIGNAL_TEXT = {signal.SIGTERM: "SIGTERM (killed from outside: scancel, a batch system's walltime limit, kill)",
                signal.SIGINT: "SIGINT (Ctrl-C)",
-               signal.SIGHUP: "SIGHUP (the terminal or session that started the job closed)"}
+               signal.SIGHUP: "SIGHUP (the terminal or session that started the job closed)",
+               signal.SIGQUIT: "SIGQUIT (Ctrl-\\)",
+               signal.SIGUSR1: "SIGUSR1 (a batch system's warning before it kills the job, e.g. SGE -notify)",
+               signal.SIGUSR2: "SIGUSR2 (a batch system's warning before it kills the job, e.g. SGE -notify, LSF)",
+               signal.SIGXCPU: "SIGXCPU (the CPU time limit was reached)"}
 
 
 class Interruptions:
-    """SIGTERM, SIGINT and SIGHUP raise one :class:`JobInterrupted` in the main thread (Python runs
-    signal handlers there, between bytecodes, also while it waits in a system call).
+    """SIGTERM, SIGINT and SIGHUP (and SIGQUIT, SIGUSR1/2 and SIGXCPU, which batch systems send before
+    a kill and whose default action is death without an exit file) raise one :class:`JobInterrupted`
+    in the main thread (Python runs signal handlers there, between bytecodes, also while it waits in a
+    system call).
 
     Only the first signal raises; the handler then blocks itself, so the cleanup that follows
     cannot be interrupted in turn (later signals are recorded in ``pending``). :meth:`block` does
@@ -107,6 +113,9 @@ class Interruptions:
                 current = signal.getsignal(sig)
                 if current is not signal.SIG_IGN:
                     self.previous[sig] = signal.signal(sig, self._handler)
+            # over a file-size limit a write fails with EFBIG (named as the output being written)
+            # instead of the default action, death without an exit file
+            self.previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         _ACTIVE = self
         return self
 
