@@ -506,6 +506,7 @@ def data_rows_edit(fn):
 
 @pytest.mark.parametrize("case,needle", [
     ("in_parts_other_iteration", "run_it019_data.star: is not the data.star of"),
+    ("in_parts_not_of_the_directory", "run_it019_data.star: is not the data.star of"),
     ("optimiser_names_other_data", "as its data, which is not from its iteration"),
     ("optimiser_names_other_model", "as its model, which is not from its iteration"),
     ("model_names_other_stack", "names class images in Class2D/job002/run_it019_classes.mrcs"),
@@ -522,6 +523,9 @@ def test_files_that_do_not_belong_together_are_refused(sim_project, test_model, 
     args = ["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model]
     if case == "in_parts_other_iteration":
         args += ["--in_parts", "Class2D/job002/run_it019_data.star"]
+    elif case == "in_parts_not_of_the_directory":  # the directory's final iteration is 20
+        args = ["--o", OUT, "--in_optimiser", "Class2D/job002/", "--in_parts", "Class2D/job002/run_it019_data.star",
+                "--model", test_model]
     elif case == "optimiser_names_other_data":
         rewrite(SIM_OPT, "run_it020_data.star", "run_it019_data.star")
     elif case == "optimiser_names_other_model":
@@ -557,6 +561,7 @@ def test_same_iteration_checks_keep_the_fallbacks(sim_project, test_model, capsy
     copy_iteration(19)
     for args in (["--in_parts", "Class2D/job002/run_it025_data.star"], ["--in_optimiser", "Class2D/job002/"],
                  ["--in_parts", "Class2D/job002"], ["--in_optimiser", SIM_OPT, "--in_parts", "./" + SIM_DATA],
+                 ["--in_optimiser", "Class2D/job002/", "--in_parts", SIM_DATA],
                  ["--in_optimiser", "Class2D/job002/run_it019_optimiser.star",
                   "--in_parts", "Class2D/job002/run_it019_data.star"]):
         rc, out, err = run_inproc(["--o", OUT, "--model", test_model] + args, capsys)
@@ -648,3 +653,17 @@ def test_duplicated_labels_in_optimiser_or_model_are_refused(sim_project, test_m
     rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
     assert rc == 1
     assert_one_error_line(err, path, "appears twice")
+
+
+def test_a_cleanup_step_that_fails_still_ends_with_the_exit_file(sim_project, test_model, capsys, monkeypatch):
+    from ranker.runtime.protocol import JobDir
+
+    def cannot(self, names):
+        raise PermissionError(13, "Permission denied", self.file("particles.star"))
+
+    monkeypatch.setattr(JobDir, "remove_outputs", cannot)
+    rc, out, err = run_inproc(["--o", OUT, "--in_parts", "Class2D/job002/run_it019_data.star",
+                               "--model", test_model], capsys)
+    assert rc == 1 and len(err) == 1 and "run_it019_optimiser.star" in err[0]
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+    assert "Note: cleanup: " in out

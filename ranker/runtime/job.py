@@ -150,7 +150,8 @@ def read_class2d_job(opts: Options, log: Log):
     data_path = opts.in_parts
     given_dir = next((p for p in (opts.in_optimiser, opts.in_parts) if p and os.path.isdir(p)), None)
     if given_dir:
-        data_path = None  # the optimiser names its data.star
+        # the optimiser names its data.star; a data.star given besides must be that one (checked on reading)
+        data_path = opts.in_parts if opts.in_parts and given_dir != opts.in_parts else None
         log(f"Class2D job directory {given_dir}: ranking its final iteration, {iteration_number(optimiser)}")
         if not job_finished(given_dir):
             log(f"WARNING: {given_dir} has no RELION_JOB_EXIT_SUCCESS (Class2D still running or failed?); "
@@ -376,8 +377,8 @@ def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) ->
             except protocol.JobRefused as exc:
                 _say(f"ERROR: {exc}", sys.stderr)
                 return 1
-            opts.threads, note = usable_threads(opts.threads)
-            for note in notes + [note] * bool(note):
+            opts.threads, threads_note = usable_threads(opts.threads)
+            for note in notes + ([threads_note] if threads_note else []):
                 log(note)
             from .model import model_path
             log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
@@ -409,9 +410,12 @@ def _finish(jobdir: JobDir, outcome: BaseException | None, signals: protocol.Int
         else:
             if not isinstance(outcome, (protocol.JobInterrupted, JobAborted)) and signals.pending:
                 outcome = protocol.JobInterrupted(signals.pending[0])  # its child was stopped first
-            stop_all()
-            jobdir.discard()
-            kept = jobdir.remove_outputs(OUTPUT_NAMES)
+            kept = []
+            for step in (stop_all, jobdir.discard, lambda: kept.extend(jobdir.remove_outputs(OUTPUT_NAMES))):
+                try:  # each step on its own: whatever fails here, the exit file is still written
+                    step()
+                except Exception as exc:  # noqa: BLE001
+                    _say(f"Note: cleanup: {_one_line(exc)}")
             if isinstance(outcome, JobAborted):
                 _say("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.")
                 exit_name, status = protocol.EXIT_ABORTED, 1
