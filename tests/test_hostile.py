@@ -434,6 +434,31 @@ def test_disk_full_on_a_real_small_filesystem(sim_project, test_model, tmp_path)
         subprocess.run(["umount", str(mnt)])
 
 
+def test_a_disk_already_full(sim_project, test_model, tmp_path):
+    """Not a byte free when the job starts: it still ends with its exit file (an empty file needs no
+    data block) and one line naming the first output it could not write."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        os.makedirs(mnt / "job")
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            os.close(fd)
+        os.symlink(mnt / "job", "External")
+        r = subprocess.run([sys.executable, EXE, "--o", "External/", "--in_optimiser", SIM_OPT, "--model", test_model],
+                           capture_output=True, text=True)
+        assert r.returncode == 1
+        assert_one_error_line(r.stderr.splitlines(), "ERROR: External/", "cannot write (No space left on device)")
+        assert exit_files(str(mnt / "job")) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(str(mnt / "job")) == []
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
 def test_paths_that_are_not_utf8(tmp_path, test_model):
     """Linux paths are bytes: a project, Class2D job and --o whose names are not UTF-8 work."""
     proj = os.path.join(os.fsencode(str(tmp_path)), b"proj\xfd")

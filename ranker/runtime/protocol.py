@@ -249,9 +249,12 @@ class JobDir:
                 self.lock_fd = None
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+            try:  # who holds the lock, for the refusal of a second run (best effort: the disk may be full)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
+                              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+            except OSError:
+                pass
             self.lock_fd = fd
             return []
         raise JobRefused(f"{path}: could not lock the job directory (other runs keep starting in it)")
