@@ -692,3 +692,27 @@ def test_a_cleanup_step_that_fails_still_ends_with_the_exit_file(sim_project, te
     assert rc == 1 and len(err) == 1 and "run_it019_optimiser.star" in err[0]
     assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
     assert "Note: cleanup: " in out
+
+
+def test_a_signal_while_python_starts_still_ends_with_the_exit_file(sim_project, test_model):
+    """relion_external_rank.py records stop signals from its first lines on (and hands them over when it
+    re-runs itself with the installed Python): the job then ends at once, with its exit file."""
+    env = dict(os.environ, RELION_EXTERNAL_RANK_SIGNALS=str(int(signal.SIGTERM)))  # as handed over by a re-run
+    r = subprocess.run([sys.executable, EXE, "--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 128 + signal.SIGTERM
+    assert_one_error_line(r.stderr.splitlines(), "stopped by SIGTERM", "no outputs written")
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+    for delay in (0.05, 0.1, 0.2, 0.3):  # real signals at start-up
+        shutil.rmtree(OUT, ignore_errors=True)
+        proc = subprocess.Popen([sys.executable, EXE, "--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode == -signal.SIGTERM:
+            continue  # landed before Python ran the script's first line: nothing can write an exit file then
+        assert proc.returncode in (0, 128 + signal.SIGTERM), err
+        if proc.returncode:
+            assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+            assert len(err.splitlines()) == 1 and b"stopped by SIGTERM" in err

@@ -358,6 +358,7 @@ def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) ->
     outcome: BaseException | None = None
     try:
         try:
+            signals.replay()  # a signal that came while Python started
             inputs.reset()
             for token in argv:  # whatever the command line names is an input: never removed, even after a failure
                 if not token.startswith("--") and os.path.lexists(token):

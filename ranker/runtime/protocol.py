@@ -105,14 +105,22 @@ class Interruptions:
         self.blocked = False
         self.pending: list[int] = []
         self.previous: dict[int, object] = {}
+        self.early: list[int] = []
 
     def install(self) -> Interruptions:
+        """Take over the signals. An entry script (relion_external_rank.py, ``python -m ranker``)
+        records signals from its first line on, in a handler with a ``received`` list: they are
+        replayed (:meth:`replay`), so a job stopped while Python starts still writes its exit file."""
         global _ACTIVE
         if threading.current_thread() is threading.main_thread():
+            recorders = []
             for sig in SIGNAL_TEXT:
                 current = signal.getsignal(sig)
+                if isinstance(getattr(current, "received", None), list) and current not in recorders:
+                    recorders.append(current)
                 if current is not signal.SIG_IGN:
                     self.previous[sig] = signal.signal(sig, self._handler)
+            self.early = [s for r in recorders for s in r.received]
             # over a file-size limit a write fails with EFBIG (named as the output being written)
             # instead of the default action, death without an exit file
             self.previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -128,6 +136,12 @@ class Interruptions:
 
     def block(self) -> None:
         self.blocked = True
+
+    def replay(self) -> None:
+        """Raise JobInterrupted for a signal received before :meth:`install` (see there)."""
+        if self.early and not self.blocked:
+            self.blocked = True
+            raise JobInterrupted(self.early[0])
 
     def _handler(self, signum, _frame) -> None:
         if self.blocked:
