@@ -716,3 +716,25 @@ def test_a_signal_while_python_starts_still_ends_with_the_exit_file(sim_project,
         if proc.returncode:
             assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
             assert len(err.splitlines()) == 1 and b"stopped by SIGTERM" in err
+
+
+def test_a_lone_underscore_line_is_a_clear_error(tmp_path):
+    """(found by the STAR fuzz test: an IndexError before)"""
+    from ranker.runtime.particles import scan_particles
+    from ranker.runtime.star import StarError, parse_star
+    with pytest.raises(StarError, match="a lone '_'"):
+        parse_star("data_x\nloop_\n_\n1\n", "x.star")
+    p = tmp_path / "d.star"
+    p.write_text("data_particles\nloop_\n_rlnImageName\n_\n_rlnClassNumber\n1@a 1 2\n")
+    with pytest.raises(StarError, match="a lone '_'"):
+        scan_particles(str(p))
+
+
+def test_a_nul_byte_in_a_path_named_by_a_star_file(sim_project, test_model, capsys):
+    """(found by fuzzing: a ValueError 'embedded null byte' without a file name before)"""
+    text = open(SIM_OPT, "rb").read().replace(b"run_it020_model.star", b"run_it020_mo\x00del.star")
+    open(SIM_OPT, "wb").write(text)
+    rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
+    assert rc == 1
+    assert_one_error_line(err, "model STAR not found (named in " + SIM_OPT)
+    assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []

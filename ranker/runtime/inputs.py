@@ -28,7 +28,10 @@ def check_input(path: str | os.PathLike, what: str = "file") -> str:
     Raises FileNotFoundError for a missing path (callers say which input was missing) and
     InputError for anything that is not a regular file."""
     path = os.fspath(path)
-    st = os.stat(path)  # FileNotFoundError / PermissionError go to the caller
+    try:
+        st = os.stat(path)  # FileNotFoundError / PermissionError go to the caller
+    except ValueError:  # a NUL byte, e.g. in a path read from a damaged STAR file
+        raise InputError(f"{path!r}: not a usable path (it holds a NUL byte)") from None
     if not stat.S_ISREG(st.st_mode):
         kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
@@ -42,7 +45,10 @@ def declare(path: str | os.PathLike | None) -> None:
     """Count ``path`` as an input before it is read (named on the command line, or by another
     input), so that a failure before it is read cannot remove it either."""
     if path:
-        OPENED.add(os.path.realpath(os.fspath(path)))
+        try:
+            OPENED.add(os.path.realpath(os.fspath(path)))
+        except ValueError:  # a NUL byte: no file can have that name, so none needs protecting
+            pass
 
 
 def reset() -> None:
@@ -52,4 +58,7 @@ def reset() -> None:
 
 def is_input(path: str | os.PathLike) -> bool:
     """Whether ``path`` is (the same file as) an input this process has read."""
-    return os.path.realpath(os.fspath(path)) in OPENED
+    try:
+        return os.path.realpath(os.fspath(path)) in OPENED
+    except ValueError:
+        return False

@@ -176,6 +176,8 @@ class _Walker:
             if self.state == "rows":
                 raise StarError(f"{path}: line {lineno}: column label after the rows of data_{self.block}")
             if self.state == "labels":
+                if not stripped[1:].split():
+                    raise StarError(f"{path}: line {lineno}: a lone '_' where a column label belongs (file garbled?)")
                 label = stripped[1:].split()[0].decode(errors="replace")
                 if label in self.labels:
                     raise StarError(f"{path}: line {lineno}: label _{label} appears twice in table "

@@ -158,6 +158,8 @@ def parse_star(text: str, source: str = "<string>") -> dict[str, StarBlock]:
             continue
         if line.startswith("_"):
             parts = line[1:].split(None, 1)
+            if not parts:
+                raise StarError(f"{where}: a lone '_' where a column label belongs (file garbled?)")
             label = parts[0]
             if label in block.labels and state in ("loop_labels", "keys"):
                 raise StarError(f"{where}: label _{label} appears twice in block data_{block.name} "
