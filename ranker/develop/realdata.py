@@ -46,6 +46,7 @@ from scipy import ndimage as ndi
 from scipy import signal
 from scipy.spatial import cKDTree
 
+from ranker.runtime.mrc import read_mrc, write_mrc
 from ranker.runtime.star import format_block, read_star, write_star
 
 PIXEL_SIZE_A = 1.77          # EMPIAR-10017 micrographs as redistributed
@@ -383,11 +384,7 @@ def _run(cmd: list[str], cwd: str, log_path: str, timeout: float | None = None) 
 
 
 def write_micrograph_mrc(path: str, z: np.ndarray, pixel_size_A: float = PIXEL_SIZE_A) -> None:
-    import mrcfile
-
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(np.ascontiguousarray(z, dtype=np.float32))
-        m.voxel_size = pixel_size_A
+    write_mrc(path, z, pixel_size_A, stack=False)
 
 
 def optics_block(name: str, pixel_size_A: float, box_px: int | None = None, micrographs: bool = False) -> str:
@@ -596,11 +593,11 @@ def build(realdata_dir: str, out_dir: str, bin_factor: float = 2.0, box_px: int 
 
 def finish_class2d(out_dir: str, it: int) -> dict:
     """class_truth.csv, classes_montage.png and default_pipeline.star of a finished Class2D/job002."""
-    from ranker.develop.simulate.truth import analyse_class2d, strip_progress
+    from ranker.develop.simulate.truth import analyse_class2d, montage, strip_progress
     from ranker.develop.truth import class_summary
 
     rows = analyse_class2d(out_dir, it)
-    class_montage(out_dir, it, rows, os.path.join(out_dir, "classes_montage.png"))
+    montage(out_dir, it, rows, os.path.join(out_dir, "classes_montage.png"))  # the simulator's class montage
     write_pipeline(os.path.join(out_dir, "default_pipeline.star"), it)
     strip_progress(os.path.join(out_dir, "Class2D", "job002", "run.out"))
     return dict(class_summary=class_summary(rows))
@@ -628,7 +625,6 @@ def pick_montages(build_dir: str, box_px: int, rng=None, n: int = 48, z_range=(-
     kind of ``truth.csv``, cut from the written micrographs (full resolution ``box_px``, lightly
     low-passed, ONE grey scale for all kinds: ``z_range`` in micrograph MAD units), the 108 px pick circle
     drawn. Returns the paths written."""
-    import mrcfile
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(0) if rng is None else rng
@@ -646,8 +642,7 @@ def pick_montages(build_dir: str, box_px: int, rng=None, n: int = 48, z_range=(-
         for k, r in enumerate(sel):
             mic = r["rlnMicrographName"]
             if mic not in cache:
-                with mrcfile.open(os.path.join(build_dir, mic), permissive=True) as m:
-                    cache[mic] = np.asarray(m.data, np.float32)
+                cache[mic] = read_mrc(os.path.join(build_dir, mic))
             x, y = int(r["x"]), int(r["y"])
             cut = ndi.gaussian_filter(cache[mic][max(y - h, 0):y + h, max(x - h, 0):x + h], 2.0)
             im = Image.fromarray((np.clip((cut - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8))
@@ -661,35 +656,6 @@ def pick_montages(build_dir: str, box_px: int, rng=None, n: int = 48, z_range=(-
         sheet.save(path)
         written.append(path)
     return written
-
-
-def class_montage(proj_dir: str, it: int, rows: list[dict], out_png: str) -> None:
-    """Class averages labelled with class number, n, % real particles and the majority kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mrcfile
-
-    with mrcfile.open(os.path.join(proj_dir, "Class2D", "job002", f"run_it{it:03d}_classes.mrcs"),
-                      permissive=True) as m:
-        cls = np.asarray(m.data, float)
-    K = len(rows)
-    nc = 6 if K <= 24 else 8
-    nr = (K + nc - 1) // nc
-    fig, ax = plt.subplots(nr, nc, figsize=(1.7 * nc, 1.95 * nr), squeeze=False)
-    for a in ax.flat:
-        a.axis("off")
-    for k, d in enumerate(rows):
-        a = ax.flat[k]
-        a.imshow(cls[k], cmap="gray")
-        fg = d["frac_good"]
-        pct = "" if fg == "" else f"{100 * float(fg):.0f}% real"
-        colour = "gray" if fg == "" else "green" if fg >= 0.8 else "red" if fg <= 0.2 else "darkorange"
-        a.set_title(f"#{k + 1} n={d['n_particles']} {pct}\n{d['majority_kind']}", fontsize=6.5, color=colour)
-    plt.tight_layout()
-    plt.savefig(out_png, dpi=100)
-    plt.close(fig)
 
 
 # ======================================================================================
