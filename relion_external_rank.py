@@ -13,9 +13,24 @@ into: ``$RELION_EXTERNAL_RANK_PYTHON`` if set, else the one ``install.sh`` recor
 ``.installed_python`` beside this file, else ``.venv/bin/python`` beside it. (Kept to plain
 Python 3 syntax on purpose: an old system python3 must be able to read it.)
 """
-import importlib.util
 import os
-import sys
+import signal
+
+
+def _record(signum, frame):
+    """Until the job installs its own handlers: remember a stop signal (the job then ends at once with
+    RELION_JOB_EXIT_FAILURE, instead of dying here without an exit file)."""
+    _record.received.append(signum)
+
+
+_record.received = [int(s) for s in os.environ.pop("RELION_EXTERNAL_RANK_SIGNALS", "").split() if s.isdigit()]
+for _name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU"):
+    _sig = getattr(signal, _name, None)
+    if _sig is not None and signal.getsignal(_sig) is not signal.SIG_IGN:
+        signal.signal(_sig, _record)
+
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 NEEDED = ("numpy", "scipy", "mrcfile", "PIL", "torch")
@@ -61,6 +76,8 @@ def main():
         if py is None or os.environ.get(REEXEC_MARK):
             return fail_without_environment(missing)
         os.environ[REEXEC_MARK] = "1"
+        if _record.received:  # a signal that came meanwhile: the job in the new process replays it
+            os.environ["RELION_EXTERNAL_RANK_SIGNALS"] = " ".join(map(str, _record.received))
         os.execv(py, [py, os.path.realpath(__file__)] + sys.argv[1:])
     sys.path.insert(0, HERE)
     from ranker.runtime.job import program

@@ -79,7 +79,17 @@ def main():
                           "rlnClassPriorOffsetX", "rlnClassPriorOffsetY"],
         [[f"{k + 1:06d}@{root}_classes.mrcs", pdf[k], rng.uniform(1, 20), rng.uniform(0.5, 5), rng.uniform(6, 30),
           1.0, 0.0, 0.0] for k in range(a.classes)])
-    write_star(os.path.join(a.dir, root + "_model.star"), [model_general, model_classes])
+    # the per-class and per-group spectra RELION writes after model_classes (the job refuses a model.star
+    # without them: it would be one cut short); flat SSNR, unused while rlnEstimatedResolution > 0
+    shells = a.box // 2 + 1
+    spectrum = [[i, i / a.box, a.box * a.angpix / i if i else 999.0, 1.0] for i in range(shells)]
+    spectra = [format_block(f"model_class_{k + 1}", ["rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution",
+                                                     "rlnSsnrMap"], spectrum) for k in range(a.classes)]
+    groups = format_block("model_groups", ["rlnGroupNumber", "rlnGroupName", "rlnGroupNrParticles",
+                                           "rlnGroupScaleCorrection"], [[1, "group_1", a.particles, 1.0]])
+    noise = format_block("model_group_1", ["rlnSpectralIndex", "rlnResolution", "rlnSigma2Noise"],
+                         [row[:2] + [1e-4] for row in spectrum])
+    write_star(os.path.join(a.dir, root + "_model.star"), [model_general, model_classes, *spectra, groups, noise])
     write_star(os.path.join(a.dir, root + "_optimiser.star"), [format_block(
         "optimiser_general", ["rlnOutputRootName", "rlnModelStarFile", "rlnExperimentalDataStarFile",
                               "rlnParticleDiameter", "rlnDoCorrectCtf", "rlnDoIgnoreCtfUntilFirstPeak"],

@@ -87,13 +87,22 @@ def test_counting_rows_only_sees_what_the_full_scan_sees(tmp_path):
     tail = "\n\ndata_other\n\nloop_\n_rlnFoo #1\n_rlnBar #2\n1 2\n3 4\n \n"
     saved = particles.CHUNK_BYTES
     try:
-        for text in (HEADER31 + "\n".join(rows) + "\n", HEADER31 + "\n".join(rows) + tail,
-                     HEADER31 + "\n".join(rows[:3]) + "\n4@a.mrcs 2 m4.mrc"):  # no newline at the end
+        for text in (HEADER31 + "\n".join(rows) + "\n", HEADER31 + "\n".join(rows) + tail):
             src = _write(tmp_path, text)
             for chunk in (saved, 64, 23):
                 particles.CHUNK_BYTES = chunk
                 full, quick = scan_particles(src), scan_particles(src, per_class=False)
                 assert (quick.n_particles, quick.last_row) == (full.n_particles, full.last_row)
+        # a last row without its line end (a file cut short): both passes refuse it the same way
+        src = _write(tmp_path, HEADER31 + "\n".join(rows[:3]) + "\n4@a.mrcs 2 m4.mrc")
+        for chunk in (saved, 64, 23):
+            particles.CHUNK_BYTES = chunk
+            messages = set()
+            for per_class in (True, False):
+                with pytest.raises(StarError, match="does not end with a line end") as err:
+                    scan_particles(src, per_class=per_class)
+                messages.add(str(err.value))
+            assert len(messages) == 1
     finally:
         particles.CHUNK_BYTES = saved
 

@@ -12,7 +12,33 @@ import multiprocessing as mp
 import os
 
 
-def _child(conn, fn, args):
+_LIVE: set = set()  # Background steps started and not yet joined (stop_all ends them)
+
+
+def _as_child(parent_pid: int) -> None:
+    """In a forked child: the default action for SIGTERM, SIGINT, SIGHUP and the other signals the
+    parent turns into an exception (the parent's
+    handlers raise an exception meant for the parent's cleanup; a child is ended by its parent, or
+    with it by a signal sent to the whole process group), and, on Linux, SIGKILL when the parent
+    dies, even by SIGKILL, so that no child outlives the job."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGXCPU):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child(conn, fn, args, parent_pid):
+    _as_child(parent_pid)
     try:
         conn.send((True, fn(*args)))
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
@@ -34,7 +60,8 @@ class Background:
         if "fork" in mp.get_all_start_methods():
             ctx = mp.get_context("fork")
             self.recv, send = ctx.Pipe(duplex=False)
-            self.proc = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+            self.proc = ctx.Process(target=_child, args=(send, fn, args, os.getpid()), daemon=True)
+            _LIVE.add(self)
             self.proc.start()
             send.close()
 
@@ -45,8 +72,12 @@ class Background:
             ok, value = self.recv.recv()
         except EOFError:
             self.proc.join()
-            raise RuntimeError(f"background step {self.fn.__name__} died (exit code {self.proc.exitcode})") from None
+            _LIVE.discard(self)
+            code = self.proc.exitcode
+            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"died (exit code {code})"
+            raise RuntimeError(f"background step {self.fn.__name__} {how}") from None
         self.proc.join()
+        _LIVE.discard(self)
         if not ok:
             raise value
         return value
@@ -54,7 +85,17 @@ class Background:
     def cancel(self) -> None:
         if self.proc is not None and self.proc.is_alive():
             self.proc.terminate()
-            self.proc.join()
+            self.proc.join(5)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
+        _LIVE.discard(self)
+
+
+def stop_all() -> None:
+    """End every background step still running (the job's cleanup after a failure or a signal)."""
+    for step in list(_LIVE):
+        step.cancel()
 
 
 class Inbox:

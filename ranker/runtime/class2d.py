@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .inputs import InputError, declare
 from .mrc import mmap_stack
-from .star import StarBlock, StarError, block, read_star
+from .star import StarBlock, StarError, block, check_complete, read_star
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Class2DJob:
         for stack, members in by_stack.items():
             try:
                 mapped = mmap_stack(stack)
+            except InputError:
+                raise
             except FileNotFoundError:
                 raise StarError(f"{stack}: class-average stack not found "
                                 f"(named in {self.model_path})") from None
@@ -85,6 +88,9 @@ class Class2DJob:
                 if data.ndim != 3 or data.shape[1:] != (self.box_px, self.box_px):
                     raise StarError(f"{stack}: class images are {'x'.join(map(str, data.shape[-2:]))} px "
                                     f"but {self.model_path} says {self.box_px}x{self.box_px}")
+                if len(by_stack) == 1 and data.shape[0] != len(self.classes):
+                    raise StarError(f"{stack}: holds {data.shape[0]} class images but {self.model_path} has "
+                                    f"{len(self.classes)} classes; the files do not belong together")
                 for row, k in members:
                     if not 1 <= k <= data.shape[0]:
                         raise StarError(f"{stack}: has {data.shape[0]} images, "
@@ -189,11 +195,18 @@ def read_class2d(optimiser_path: str, data_path: str | None = None) -> Class2DJo
     columns, and 3D classifications.
     """
     opt = block(read_star(optimiser_path), "optimiser_general", optimiser_path)
+    check_complete(optimiser_path)
     model_path = opt.value("rlnModelStarFile")
-    data_path = data_path or opt.value("rlnExperimentalDataStarFile")
+    named_data = opt.value("rlnExperimentalDataStarFile")
+    declare(model_path)  # inputs from now on, even if reading fails before they are opened
+    declare(named_data)
+    declare(data_path)
+    check_same_iteration(optimiser_path, model_path, named_data, data_path)
+    data_path = data_path or named_data
     if not os.path.exists(model_path):
         raise StarError(f"{model_path}: model STAR not found (named in {optimiser_path})")
     blocks = read_star(model_path)
+    check_complete(model_path)
     general = block(blocks, "model_general", model_path)
     classes_tab = block(blocks, "model_classes", model_path)
     dim = int(general.float_value("rlnReferenceDimensionality"))
@@ -229,6 +242,17 @@ def read_class2d(optimiser_path: str, data_path: str | None = None) -> Class2DJo
     if nr_classes != len(classes):
         raise StarError(f"{model_path}: rlnNrClasses is {nr_classes} but table data_model_classes has "
                         f"{len(classes)} rows (file truncated?)")
+    numbers = [c.class_number for c in classes]
+    if len(set(numbers)) != len(numbers):
+        twice = sorted({k for k in numbers if numbers.count(k) > 1})
+        raise StarError(f"{model_path}: class image(s) {twice[:5]} named by more than one row of data_model_classes")
+    check_model_tables(blocks, general, model_path, box)
+    model_stem = _stem(model_path)
+    for stack in sorted({c.stack_path for c in classes}):
+        m = re.match(r"^(?P<stem>.+)_classes\.mrcs$", os.path.basename(stack))
+        if model_stem and m and m["stem"] != model_stem:
+            raise StarError(f"{model_path}: names class images in {stack}, which is not from the same iteration "
+                            f"({model_stem}); the files do not belong together")
     diameter = opt.float_value("rlnParticleDiameter")
     if diameter <= 0:
         raise StarError(f"{optimiser_path}: rlnParticleDiameter {diameter} is not a valid diameter")
@@ -239,6 +263,95 @@ def read_class2d(optimiser_path: str, data_path: str | None = None) -> Class2DJo
         particle_diameter_A=diameter, do_correct_ctf=flag("rlnDoCorrectCtf"),
         ignore_ctf_until_first_peak=flag("rlnDoIgnoreCtfUntilFirstPeak"),
         is_gradient=flag("rlnDoGradientRefine"))
+
+
+_STEM = re.compile(r"^(?P<stem>.+)_(?:optimiser|model|data)\.star$")
+
+
+def _stem(path: str | None) -> str | None:
+    """``run_it020`` of ``.../run_it020_optimiser.star`` (or _model, _data); None for other names."""
+    m = _STEM.match(os.path.basename(path)) if path else None
+    return m["stem"] if m else None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normpath(a) == os.path.normpath(b)
+
+
+def check_same_iteration(optimiser_path: str, model_path: str, named_data: str, given_data: str | None) -> None:
+    """The optimiser, the model and data.star it names, and a data.star given besides (``--in_parts``
+    with ``--in_optimiser``) must be one Class2D iteration: RELION names them ``ROOT_itNNN_optimiser.star``,
+    ``_model.star``, ``_data.star``. Names that do not follow that pattern are not compared."""
+    stem = _stem(optimiser_path)
+    for what, path in (("model", model_path), ("data", named_data)):
+        other = _stem(path)
+        if stem and other and other != stem:
+            raise StarError(f"{optimiser_path}: names {path} as its {what}, which is not from its iteration "
+                            f"({stem}); the files do not belong together")
+    if given_data and not _same_file(given_data, named_data) and (
+            os.path.basename(given_data) != os.path.basename(named_data)):
+        raise StarError(f"{given_data}: is not the data.star of {optimiser_path} (which names {named_data}); "
+                        "give the optimiser and data.star of one Class2D iteration")
+
+
+def check_model_tables(blocks: dict[str, StarBlock], general: StarBlock, model_path: str, box: int) -> None:
+    """Every table RELION writes into a 2D model.star is there and whole: ``model_class_K`` for each
+    class and the per-group (3.x: ``model_group_G``) or per-optics-group (4/5: ``model_optics_group_O``)
+    spectra, each with ``rlnOriginalImageSize / 2 + 1`` rows, and ``model_groups`` with one row per
+    group. A model.star cut short between two tables passes the STAR reader; its missing tables do not
+    pass this (the features read the class spectra: a cut there would move a score silently)."""
+    n_classes = int(general.float_value("rlnNrClasses", 0.0))
+    n_groups = int(general.float_value("rlnNrGroups", 0.0))
+    shells = box // 2 + 1
+    expected = [(f"model_class_{k}", shells) for k in range(1, n_classes + 1)]
+    if n_groups > 0:
+        expected.append(("model_groups", n_groups))
+    if general.has("rlnNrOpticsGroups"):
+        expected += [(f"model_optics_group_{g}", shells)
+                     for g in range(1, int(general.float_value("rlnNrOpticsGroups")) + 1)]
+    else:
+        expected += [(f"model_group_{g}", shells) for g in range(1, n_groups + 1)]
+    for name, rows in expected:
+        tab = blocks.get(name)
+        if tab is None:
+            raise StarError(f"{model_path}: table data_{name} is missing (file cut short?)")
+        if not tab.is_loop or len(tab.rows) != rows:
+            raise StarError(f"{model_path}: table data_{name} has {len(tab.rows)} rows, {rows} expected "
+                            "(file cut short?)")
+
+
+def check_particles_fit(job: Class2DJob, n_particles: int, counts: dict[int, int], data_path: str) -> None:
+    """data.star must be the one this model was made from (same Class2D job and iteration):
+
+    * every particle's class is one of the model's classes;
+    * as many particles as the model's groups count (``rlnGroupNrParticles``: RELION counts the
+      whole data set once, at the start of the job);
+    * no particles in a class the model says is empty (``rlnClassDistribution`` 0), and particles in
+      every class the model says holds at least 2 % of them (and 100 or more): a data.star of
+      another iteration assigns them elsewhere (it selected 0 particles with SUCCESS)."""
+    by_number = {c.class_number: c for c in job.classes}
+    unknown = sorted(set(counts) - set(by_number))
+    if unknown:
+        raise StarError(f"{data_path}: particles belong to class(es) {unknown[:5]} that "
+                        f"{job.model_path} does not have ({job.nr_classes} classes)")
+    groups = job.model_blocks.get("model_groups")
+    if groups is not None and groups.has("rlnGroupNrParticles"):
+        expected = int(round(sum(groups.float_column("rlnGroupNrParticles"))))
+        if expected != n_particles:
+            raise StarError(f"{data_path}: has {n_particles} particles but {job.model_path} was made from "
+                            f"{expected} (rlnGroupNrParticles); not the data.star of this Class2D job, or cut short")
+    empty = [k for k, c in by_number.items() if c.distribution == 0 and counts.get(k, 0) > 1e-6 * n_particles]
+    if empty:
+        raise StarError(f"{data_path}: has particles in class(es) {empty[:5]} that {job.model_path} says are empty; "
+                        "data.star and model.star are not from the same Class2D iteration")
+    deserted = [k for k, c in by_number.items()
+                if c.distribution >= 0.02 and c.distribution * n_particles >= 100 and counts.get(k, 0) == 0]
+    if deserted:
+        raise StarError(f"{data_path}: has no particles in class(es) {deserted[:5]} that {job.model_path} says hold "
+                        "many; data.star and model.star are not from the same Class2D iteration")
 
 
 def resolution_from_ssnr(job: Class2DJob, cls: ClassAverage) -> float:

@@ -16,8 +16,8 @@ import time
 
 from .. import __version__
 from . import protocol
-from .options import OptionError, Options, parse_options, usage
-from .protocol import JobAborted, JobDir
+from .options import OptionError, Options, parse_options, usable_threads, usage
+from .protocol import JobAborted, JobDir, OutputError
 
 OUTPUT_NAMES = ("particles.star", "class_averages.star", "backup_selection.star", "rank_model.star",
                 "rank_optimiser.star", "rank_data.star", "features.star", "features_images.mrcs", "logfile.pdf",
@@ -60,20 +60,19 @@ class Log:
         self.startup_text, self.since = startup, since
 
     def __call__(self, text: str) -> None:
-        print(text, flush=True)
+        _say(text)
 
     def startup(self) -> None:
         if self.startup_text:
-            print(f" + start-up ({self.startup_text}): {self.called - self.t0:.2f} s", flush=True)
+            _say(f" + start-up ({self.startup_text}): {self.called - self.t0:.2f} s")
 
     def stage(self, name: str) -> None:
         now = time.perf_counter()
-        print(f" + {name}: {now - self.t:.2f} s", flush=True)
+        _say(f" + {name}: {now - self.t:.2f} s")
         self.t = now
 
     def total(self) -> None:
-        print(f"Total time: {time.perf_counter() - self.t0:.2f} s ({self.since}; the + lines add up to it)",
-              flush=True)
+        _say(f"Total time: {time.perf_counter() - self.t0:.2f} s ({self.since}; the + lines add up to it)")
 
 
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
@@ -94,7 +93,7 @@ def run(opts: Options, jobdir: JobDir, log: Log) -> None:
         run_stages(opts, jobdir, log, started, inbox, job_box)
     finally:
         for process in started:
-            process.cancel()
+            process.cancel()  # (after a failure or a signal, main's cleanup ends every background step)
 
 
 def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, job_box) -> None:
@@ -151,7 +150,8 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, jo
             report = start_report()
             write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
         stage_done("write STAR outputs", poll_abort=False)
-        report.result()
+        with jobdir.writing("logfile.pdf", "logfile.png"):
+            report.result()
     finally:
         if report is not None:
             report.cancel()
@@ -181,7 +181,8 @@ def read_class2d_job(opts: Options, log: Log):
     data_path = opts.in_parts
     given_dir = next((p for p in (opts.in_optimiser, opts.in_parts) if p and os.path.isdir(p)), None)
     if given_dir:
-        data_path = None  # the optimiser names its data.star
+        # the optimiser names its data.star; a data.star given besides must be that one (checked on reading)
+        data_path = opts.in_parts if opts.in_parts and given_dir != opts.in_parts else None
         log(f"Class2D job directory {given_dir}: ranking its final iteration, {iteration_number(optimiser)}")
         if not job_finished(given_dir):
             log(f"WARNING: {given_dir} has no RELION_JOB_EXIT_SUCCESS (Class2D still running or failed?); "
@@ -208,11 +209,12 @@ def read_class2d_job(opts: Options, log: Log):
 def count_particles_per_class(job, jobdir: JobDir, log: Log, per_class: bool = True):
     """Stream data.star once: particles per class (or, ``per_class`` False, only the
     particles: :func:`write_particles_star` counts the classes), optics groups (flat memory)."""
+    from .class2d import check_particles_fit
     from .particles import scan_particles
 
     parts = scan_particles(job.data_path, abort=jobdir.check_abort, per_class=per_class)
     if per_class:
-        check_class_numbers(job, parts)
+        check_particles_fit(job, parts.n_particles, parts.counts, job.data_path)
         log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
             f"{parts.n_optics_groups} optics group(s)")
     else:
@@ -221,13 +223,11 @@ def count_particles_per_class(job, jobdir: JobDir, log: Log, per_class: bool = T
 
 
 def check_class_numbers(job, parts) -> None:
-    """Every particle's class must be one of the model's."""
-    from .star import StarError
+    """data.star fits the model (:func:`ranker.runtime.class2d.check_particles_fit`), once the
+    classes are counted (while particles.star is written, where the first pass counted rows only)."""
+    from .class2d import check_particles_fit
 
-    unknown = sorted(set(parts.counts) - {c.class_number for c in job.classes})
-    if unknown:
-        raise StarError(f"{job.data_path}: particles belong to class(es) {unknown[:5]} that "
-                        f"{job.model_path} does not have ({job.nr_classes} classes)")
+    check_particles_fit(job, parts.n_particles, parts.counts, job.data_path)
 
 
 def featurise_classes(job, parts, threads: int, jobdir: JobDir, log: Log, images=None):
@@ -322,6 +322,13 @@ def score_classes(job, fs, scorer, cnn, inbox, use_context: bool, log: Log):
         log(f"  model loaded in {ranker.load_seconds:.2f} s (torch not imported); {cnn.ready_count} class images "
             f"through {len(ranker.states)} network(s) in {cnn.units} batches: {there} in {where} {here} in this "
             f"stage; {reused} of the {len(fs.rows)} scored classes among them")
+    import numpy as np
+
+    from .model import ModelError
+
+    bad = [job.classes[i].class_number for i, s in zip(fs.rows, raw_scores) if not np.isfinite(s)]
+    if bad:
+        raise ModelError(f"{model_path}: gave NaN or Inf scores (class(es) {bad[:5]}); nothing can be selected")
     scores = {job.classes[i].class_number: float(s) for i, s in zip(fs.rows, raw_scores)}
     return scores, raw_scores, model_path
 
@@ -353,7 +360,8 @@ def copy_rank_data(jobdir: JobDir, job) -> None:
     """rank_data.star, a byte copy of data.star (temporary name); needs no scores."""
     from . import outputs
 
-    outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
+    with jobdir.writing("rank_data.star"):
+        outputs.write_rank_data(jobdir.temp("rank_data.star"), job)
 
 
 def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel, parts) -> None:
@@ -362,13 +370,19 @@ def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel
     from . import outputs
 
     rank_model = jobdir.file("rank_model.star")
-    outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
-    outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model, jobdir.file("rank_data.star"))
-    outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
-    outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
+    with jobdir.writing("rank_model.star"):
+        outputs.write_rank_model(jobdir.temp("rank_model.star"), job, scores)
+    with jobdir.writing("rank_optimiser.star"):
+        outputs.write_rank_optimiser(jobdir.temp("rank_optimiser.star"), job, rank_model,
+                                     jobdir.file("rank_data.star"))
+    with jobdir.writing("backup_selection.star"):
+        outputs.write_backup_selection(jobdir.temp("backup_selection.star"), job, sel)
+    with jobdir.writing("class_averages.star"):
+        outputs.write_class_averages(jobdir.temp("class_averages.star"), job, sel, scores, parts.counts)
     if opts.write_features:
-        outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
-                               jobdir.file("features_images.mrcs"), job, fs, scores)
+        with jobdir.writing("features.star", "features_images.mrcs"):
+            outputs.write_features(jobdir.temp("features.star"), jobdir.temp("features_images.mrcs"),
+                                   jobdir.file("features_images.mrcs"), job, fs, scores)
 
 
 def write_particles_star(job, sel, jobdir: JobDir, counts: dict | None = None) -> int:
@@ -376,8 +390,9 @@ def write_particles_star(job, sel, jobdir: JobDir, counts: dict | None = None) -
     Returns the number of particles written; fills ``counts`` (class -> particles), if given."""
     from .particles import write_selected
 
-    return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort,
-                          counts=counts)
+    with jobdir.writing("particles.star"):
+        return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort,
+                              counts=counts)
 
 
 def move_outputs_into_place(jobdir: JobDir) -> None:
@@ -386,9 +401,10 @@ def move_outputs_into_place(jobdir: JobDir) -> None:
              (jobdir.file("class_averages.star"), protocol.NODE_CLASS_AVERAGES),
              (jobdir.file("rank_optimiser.star"), protocol.NODE_OPTIMISER),
              (jobdir.file("logfile.pdf"), protocol.NODE_PDF_LOG)]
-    with open(jobdir.temp(protocol.NODES_FILE), "w") as fh:
-        fh.write(protocol.nodes_star(nodes))
-    jobdir.commit()
+    with jobdir.writing(protocol.NODES_FILE):
+        with open(jobdir.temp(protocol.NODES_FILE), "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(protocol.nodes_star(nodes))
+    jobdir.commit(OUTPUT_NAMES)
 
 
 def log_results(job, parts, scores: dict, sel, n_written: int, jobdir: JobDir, log: Log) -> None:
@@ -403,6 +419,9 @@ def log_results(job, parts, scores: dict, sel, n_written: int, jobdir: JobDir, l
     if sel.by_fallback:
         log(f"  {len(sel.by_fallback)} class(es) added to reach the minimum number of particles/classes: "
             + ", ".join(map(str, sel.by_fallback)))
+    if not n_written:
+        log("WARNING: no particle was selected: particles.star holds none (lower --min_score, or set "
+            "--select_min_nr_classes / --select_min_nr_particles)")
 
 
 def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, threshold_text, model_path) -> None:
@@ -424,7 +443,8 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, thres
                         "resolution_A": raw[k]["EstimatedResolution"] if k in raw else cls.estimated_resolution_A,
                         "selected": k in chosen,
                         "reason": "" if k in chosen else rejection_reason(score or 0.0, count, raw.get(k), sel.min_score)})
-    summary = {"title": f"relion_external_rank: {job.optimiser_path}", "particles_in": parts.n_particles,
+    title = job.optimiser_path.encode(errors="surrogateescape").decode(errors="replace")  # drawable text
+    summary = {"title": f"relion_external_rank: {title}", "particles_in": parts.n_particles,
                "particles_kept": sel.n_particles, "classes_in": job.nr_classes, "classes_kept": len(sel.selected),
                "classes_scored": len(scores), "threshold": sel.min_score, "threshold_text": threshold_text,
                "model": model_path}
@@ -432,55 +452,169 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, thres
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; returns the process exit status (0 success, 1 failure/abort, 2 usage).
+    """Run the job; returns the process exit status (0 success, 1 failure/abort/refusal, 2 usage,
+    128 + N when signal N stopped it).
 
+    Whatever happens the job keeps RELION's promise: one exit file, one line in run.err naming
+    the file and the problem, no partial or stale output, inputs untouched (see protocol.py).
     Run as a program (``argv`` None), run.out's times count from the process start;
     called with ``argv`` (from Python, e.g. tests), from this call."""
     as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    _tolerant_streams()
+    signals = protocol.Interruptions().install()
     try:
-        opts = parse_options(argv)
-    except OptionError as exc:
-        if str(exc) == "help":
-            print(usage())
-            return 0
-        if str(exc) == "version":
-            print(version())
-            return 0
-        print(f"ERROR: {exc}", file=sys.stderr)
-        out = _out_dir_guess(argv)
-        if out:
-            JobDir(out).finish(protocol.EXIT_FAILURE)
-        print(usage(), file=sys.stderr)
-        return 2
-    jobdir = JobDir(opts.out_dir)
-    log = _log_for(as_program)
+        return _main(argv, as_program, signals)
+    finally:
+        signals.restore()
+
+
+def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) -> int:
+    from . import inputs
+
+    jobdir: JobDir | None = None
+    outcome: BaseException | None = None
     try:
-        jobdir.start()
-        jobdir.remove_outputs(OUTPUT_NAMES)
-        from .model import model_path
-        log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
-        log(f"relion_external_rank: {' '.join(argv)}")
-        log.startup()
-        run(opts, jobdir, log)
-    except JobAborted:
-        jobdir.discard()
-        print("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.", flush=True)
-        jobdir.finish(protocol.EXIT_ABORTED)
-        return 1
-    except Exception as exc:  # every failure ends as one line + RELION_JOB_EXIT_FAILURE
-        jobdir.discard()
-        print(f"ERROR: {_one_line(exc)}", file=sys.stderr, flush=True)
-        if os.environ.get("RELION_EXTERNAL_RANK_DEBUG"):
-            import traceback
-            traceback.print_exc()
         try:
-            jobdir.finish(protocol.EXIT_FAILURE)
-        except OSError as exc2:
-            print(f"ERROR: {jobdir.path}: cannot write {protocol.EXIT_FAILURE} ({exc2.strerror})", file=sys.stderr)
-        return 1
-    jobdir.finish(protocol.EXIT_SUCCESS)
-    return 0
+            signals.replay()  # a signal that came while Python started
+            inputs.reset()
+            for token in argv:  # whatever the command line names is an input: never removed, even after a failure
+                if not token.startswith("--") and os.path.lexists(token):
+                    inputs.declare(token)
+            try:
+                opts = parse_options(argv)
+            except OptionError as exc:
+                if str(exc) in ("help", "version"):
+                    print(usage() if str(exc) == "help" else version())
+                    return 0
+                _say(usage())  # to run.out; run.err gets the one line
+                return _fail_early(_out_dir_guess(argv), f"ERROR: {exc}", 2, signals)
+            jobdir = JobDir(opts.out_dir)
+            log = _log_for(as_program)
+            try:
+                notes = jobdir.claim(OUTPUT_NAMES)
+            except protocol.JobRefused as exc:
+                _say(f"ERROR: {exc}", sys.stderr)
+                return 1
+            opts.threads, threads_note = usable_threads(opts.threads)
+            for note in notes + ([threads_note] if threads_note else []):
+                log(note)
+            from .model import model_path
+            log(f"{version()} (Python {sys.version.split()[0]}, {sys.executable}); model {model_path(opts.model)}")
+            log(f"relion_external_rank: {' '.join(argv)}")
+            log.startup()
+            run(opts, jobdir, log)
+        except BaseException as exc:  # noqa: BLE001 - every way out ends in the one cleanup below
+            signals.block()
+            outcome = exc
+    except protocol.JobInterrupted as exc:  # landed in the handler above, before block(): the first signal
+        outcome = exc
+    signals.block()
+    if jobdir is None or jobdir.lock_fd is None:  # stopped before the directory was ours (a signal at start-up)
+        status = 128 + outcome.signum if isinstance(outcome, protocol.JobInterrupted) else 1
+        line = (f"ERROR: {outcome}; no outputs written" if isinstance(outcome, protocol.JobInterrupted)
+                else f"ERROR: {_one_line(outcome)}")
+        return _fail_early(jobdir.path if jobdir else _out_dir_guess(argv), line, status, signals)
+    return _finish(jobdir, outcome, signals)
+
+
+def _finish(jobdir: JobDir, outcome: BaseException | None, signals: protocol.Interruptions) -> int:
+    """The one cleanup: end the background processes, remove temporary and stale outputs (never an
+    input), write the exit file and one line in run.err, drop the lock. Signals no longer stop it."""
+    from .background import stop_all
+
+    try:
+        if outcome is None:
+            exit_name, status = protocol.EXIT_SUCCESS, 0
+        else:
+            if not isinstance(outcome, (protocol.JobInterrupted, JobAborted)) and signals.pending:
+                outcome = protocol.JobInterrupted(signals.pending[0])  # its child was stopped first
+            kept = []
+            for step in (stop_all, jobdir.discard, lambda: kept.extend(jobdir.remove_outputs(OUTPUT_NAMES))):
+                try:  # each step on its own: whatever fails here, the exit file is still written
+                    step()
+                except Exception as exc:  # noqa: BLE001
+                    _say(f"Note: cleanup: {_one_line(exc)}")
+            if isinstance(outcome, JobAborted):
+                _say("Aborted by the user (RELION_JOB_ABORT_NOW); no outputs written.")
+                exit_name, status = protocol.EXIT_ABORTED, 1
+            elif isinstance(outcome, protocol.JobInterrupted):
+                _say(f"ERROR: {outcome}; no outputs written", sys.stderr)
+                exit_name, status = protocol.EXIT_FAILURE, 128 + outcome.signum
+            elif isinstance(outcome, (KeyboardInterrupt, SystemExit)):
+                _say(f"ERROR: stopped ({type(outcome).__name__}); no outputs written", sys.stderr)
+                exit_name, status = protocol.EXIT_FAILURE, 1
+            else:
+                _say(f"ERROR: {_one_line(outcome)}", sys.stderr)
+                if os.environ.get("RELION_EXTERNAL_RANK_DEBUG"):
+                    import traceback
+                    try:
+                        traceback.print_exception(outcome)
+                    except (OSError, ValueError):
+                        pass
+                exit_name, status = protocol.EXIT_FAILURE, 1
+            if kept:
+                _say(f"Note: kept {', '.join(kept)}: read as an input of this run")
+        try:
+            jobdir.finish(exit_name)
+        except OSError as exc:
+            _say(f"ERROR: {jobdir.path}: cannot write {exit_name} ({exc.strerror})", sys.stderr)
+            status = status or 1
+        return status
+    finally:
+        jobdir.release()
+
+
+def _fail_early(out_dir: str | None, line: str, status: int, signals: protocol.Interruptions) -> int:
+    """A failure before the job directory was claimed (a bad command line, a signal at start-up): the
+    line on stderr and, where the directory can be claimed as ours, RELION_JOB_EXIT_FAILURE (so that
+    RELION does not wait for ever) after removing an earlier run's outputs."""
+    signals.block()
+    _say(line, sys.stderr)
+    if not out_dir:
+        return status
+    jobdir = JobDir(out_dir)
+    try:
+        jobdir.claim(OUTPUT_NAMES)
+    except (protocol.JobRefused, OSError):
+        return status  # another job's directory, or another run is in it: not ours to mark
+    try:
+        jobdir.remove_outputs(OUTPUT_NAMES)
+        jobdir.finish(protocol.EXIT_FAILURE)
+    except OSError:
+        pass
+    finally:
+        jobdir.release()
+    return status
+
+
+def _tolerant_streams() -> None:
+    """stdout/stderr (run.out/run.err) write file names as their bytes: Linux paths need not be
+    UTF-8, and Python holds such bytes as surrogates that a strict stream refuses to print; what the
+    stream's encoding cannot hold otherwise (a non-UTF-8 locale) is written as a backslash escape."""
+    import codecs
+
+    def as_bytes_or_escaped(exc):
+        if isinstance(exc, UnicodeEncodeError):
+            chunk = exc.object[exc.start:exc.end]
+            if all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):
+                return bytes(ord(c) - 0xDC00 for c in chunk), exc.end
+        return codecs.backslashreplace_errors(exc)
+
+    codecs.register_error("relion_external_rank", as_bytes_or_escaped)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="relion_external_rank")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def _say(line: str, stream=None) -> None:
+    """Print a line; a closed or broken stream (stdout closed, a pipe gone) must not stop the cleanup."""
+    try:
+        print(line, file=stream or sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def program() -> None:
@@ -522,7 +656,7 @@ def _one_line(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     text = str(exc).strip().splitlines()
-    known = ("StarError", "FeatureError", "ModelError", "OptionError")
+    known = ("StarError", "FeatureError", "ModelError", "OptionError", "InputError", "OutputError", "MrcError")
     prefix = "" if type(exc).__name__ in known else f"{type(exc).__name__}: "
     return prefix + (text[0] if text else "unexpected error")
 

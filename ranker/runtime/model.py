@@ -483,6 +483,11 @@ def uses_torch(name: str | None, device: str) -> bool:
     return (device != "cpu" and (device != "auto" or cuda_possible())) or (os.path.isfile(path) and not _is_npz(path))
 
 
+def _first_line(exc: BaseException | str, default: str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else default
+
+
 def model_path(name: str | None = None) -> str:
     """The weights file ``--model name`` means: the shipped model when none is given,
     RELION-5's downloaded checkpoint for "relion5", else the path as given."""
@@ -507,13 +512,20 @@ def load_model(path: str | None = None, device: str = "auto", threads: int | Non
     never run)."""
     began = time.perf_counter()
     path = model_path(path)
-    if not os.path.isfile(path):
+    from .inputs import InputError, check_input
+
+    try:
+        check_input(path, "weights file")  # a FIFO, device or directory is refused at once
+    except FileNotFoundError:
         if path == DEFAULT_MODEL:
             raise ModelError(f"{path}: the default model is not installed; give --model PATH "
-                             "(our weights file or RELION-5's v1.0.ckpt)")
-        raise ModelError(f"{path}: model file not found")
+                             "(our weights file or RELION-5's v1.0.ckpt)") from None
+        raise ModelError(f"{path}: model file not found") from None
+    except (InputError, OSError) as exc:
+        raise ModelError(str(exc) if isinstance(exc, InputError) else f"{path}: cannot be read ({exc.strerror})") \
+            from None
     dev = pick_device(device)
-    if _is_npz(path):
+    if path.endswith(".npz") or _is_npz(path):
         states, settings = _read_npz(path)
     else:
         states, settings = _read_torch(path)
@@ -575,11 +587,11 @@ def _read_npz(path: str):
         raise
     except ValueError as exc:  # np.load refuses object arrays (pickles) when allow_pickle=False
         if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
-            raise ModelError(f"{path}: refused: the file holds objects that are not plain weights "
-                             f"and would need code to run") from None
-        raise ModelError(f"{path}: not a readable weights file ({str(exc).splitlines()[0][:120]})") from None
-    except (OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not a readable weights file ({str(exc).splitlines()[0][:120]})") from None
+            raise ModelError(f"{path}: refused: not plain weights (the file is damaged, or holds objects "
+                             f"that would need code to run)") from None
+        raise ModelError(f"{path}: not a readable weights file ({_first_line(exc, type(exc).__name__)})") from None
+    except Exception as exc:  # noqa: BLE001 - an empty, cut or garbage file fails in many ways inside numpy
+        raise ModelError(f"{path}: not a readable weights file ({_first_line(exc, type(exc).__name__)})") from None
     card = meta.get("card", {})
     return states, _settings(meta, path, card if isinstance(card, dict) else {})
 
@@ -593,19 +605,31 @@ def _read_torch(path: str):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise ModelError(f"{path}: refused: the file holds objects that are not plain weights "
-                         f"and would need code to run ({first[:120]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{path}: not a readable torch weights file ({str(exc).splitlines()[0][:120]})") from None
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip() or text  # torch's reason, without its preamble
+        raise ModelError(f"{path}: refused: not plain weights (the file is damaged, or holds objects that "
+                         f"would need code to run: {_first_line(detail, 'unsafe content')})") from None
+    except Exception as exc:  # noqa: BLE001 - an empty or garbage file fails in many ways inside torch
+        raise ModelError(f"{path}: not a readable torch weights file ({_first_line(exc, type(exc).__name__)})") \
+            from None
+    try:
+        return _torch_states(obj, path, torch)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a torch file of the right kind holding wrong values
+        raise ModelError(f"{path}: not a usable weights file ({_first_line(exc, type(exc).__name__)})") from None
+
+
+def _torch_states(obj, path: str, torch):
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: not a relion_external_rank weights file or RELION class-ranker checkpoint")
     if obj.get("format") == FORMAT:
         states = obj.get("members") or [obj.get("state_dict")]
         try:
             card = json.loads(obj.get("card", "{}"))
-        except (TypeError, json.JSONDecodeError):
-            card = {}
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path}: not a usable weights file (its card is not JSON: "
+                             f"{_first_line(exc, 'bad card')})") from None
         settings = _settings(obj, path, card if isinstance(card, dict) else {})
     elif "model_state_dict" in obj and isinstance(obj["model_state_dict"], dict):
         states = [{k: v for k, v in obj["model_state_dict"].items() if not str(k).startswith(_RELION_UNUSED_HEADS)}]
@@ -633,7 +657,7 @@ def _checked_state(state: dict, path: str) -> dict:
             raise ModelError(f"{path}: weights do not fit the ranker network ({k} is not floating point)")
         out[k] = np.asarray(v, np.float32)
         if not np.isfinite(out[k]).all():
-            raise ModelError(f"{path}: refused: NaN or infinite weights in {k}")
+            raise ModelError(f"{path}: weights {k} hold NaN or Inf values (a damaged or diverged model)")
     return out
 
 

@@ -30,6 +30,9 @@ class MrcError(ValueError):
 def _open(path: str | os.PathLike, mmap: bool):
     import mrcfile
 
+    from .inputs import check_input
+
+    check_input(path, "MRC file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -10,6 +10,8 @@ So flags accept no value as well as true/false/yes/no/1/0, and every option is
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 
 
@@ -84,11 +86,16 @@ def _convert(name: str, kind: str, value: str | None):
     try:
         if kind == "int":
             return int(float(value)) if float(value).is_integer() else int(value)
-        if kind == "float":
-            return float(value)
-        if kind == "score":
-            return "auto" if value.strip().lower() == "auto" else float(value)
-    except ValueError:
+        if kind == "score" and value.strip().lower() == "auto":
+            return "auto"
+        if kind in ("float", "score"):
+            number = float(value)
+            if not math.isfinite(number):
+                raise OptionError(f"--{name} {value}: needs a finite number")
+            return number
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, OptionError):
+            raise
         raise OptionError(f"--{name}: {value!r} is not a {'number' if kind != 'int' else 'whole number'}") from None
     return value
 
@@ -126,6 +133,8 @@ def parse_options(argv: list[str]) -> Options:
         if name not in SPEC:
             valid = ", ".join(f"--{n}" for n in list(SPEC) + list(_IGNORED))
             raise OptionError(f"unknown option --{name}; valid options: {valid}")
+        if name in seen and seen[name] != value:
+            raise OptionError(f"--{name} is given twice, as {_shown(seen[name])} and {_shown(value)}; give it once")
         seen[name] = value
     for name, value in seen.items():
         attr, kind, _help = SPEC[name]
@@ -138,4 +147,28 @@ def parse_options(argv: list[str]) -> Options:
         raise OptionError("--o is required (the External job directory, e.g. External/job012/)")
     if opts.threads < 1:
         raise OptionError(f"--j {opts.threads}: needs at least 1 thread")
+    if opts.min_score != "auto" and opts.min_score > opts.max_score:
+        raise OptionError(f"--min_score {opts.min_score:g} is above --max_score {opts.max_score:g}: no class could "
+                          "be selected")
     return opts
+
+
+def usable_threads(requested: int) -> tuple[int, str | None]:
+    """``--j`` lowered to the cores this process may use (torch and scipy were handed e.g. 1e20
+    threads), with a note for run.out when lowered."""
+    cores = _cores()
+    if requested > cores:
+        return cores, f"Note: --j {requested} is more than the {cores} core(s) this job may use; using {cores}"
+    return requested, None
+
+
+def _shown(value: str | None) -> str:
+    return "(no value)" if value is None else repr(value)
+
+
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a batch system sets it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

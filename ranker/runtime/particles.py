@@ -78,7 +78,7 @@ def _class_of(token: bytes, path: str, lineno: int = 0) -> int:
 
 def _split(line: bytes) -> list[bytes]:
     if b'"' in line or b"'" in line:
-        return [t.encode() for t in tokenize(line.decode("utf-8", errors="replace"))]
+        return [t.encode(errors="surrogateescape") for t in tokenize(line.decode("utf-8", errors="surrogateescape"))]
     return line.split()
 
 
@@ -130,9 +130,11 @@ class _Walker:
     block, a short row) is walked line by line with full checks.
     """
 
-    def __init__(self, path: str, abort: Callable[[], None] | None):
+    def __init__(self, path: str, abort: Callable[[], None] | None, with_optics: bool = False):
         self.path = path
         self.abort = abort
+        self.with_optics = with_optics  # tokens are (class, optics group) pairs (scan_particles checks them)
+        self.optics_index = -1
         self.block = ""
         self.labels: list[str] = []
         self.state = "none"
@@ -141,22 +143,29 @@ class _Walker:
         self.optics = None
         self.lineno = 0
 
+    def _token(self, tokens):
+        if self.optics_index >= 0:
+            return tokens[self.class_index], tokens[self.optics_index]
+        return tokens[self.class_index]
+
     def walk(self, fh):
         for line in fh:
             tokens = self.feed(line)
-            yield [line], None if tokens is None else [tokens[self.class_index]]
+            yield [line], None if tokens is None else [self._token(tokens)]
             if self.class_index >= 0 and self.state == "rows":
                 break  # first particle row seen: the rest goes in chunks
         else:
             return
         ncol = len(self.labels)
         ci = self.class_index
-        if ncol - ci < ci + 1:  # split from the side nearer the class column: fewer splits
-            split = operator.methodcaller("rsplit", None, ncol - ci)
-            column = operator.itemgetter(1)
+        wanted = [ci] if self.optics_index < 0 else [ci, self.optics_index]
+        lo, hi = min(wanted), max(wanted)
+        if ncol - lo < hi + 1:  # split from the side nearer the wanted columns: fewer splits
+            split = operator.methodcaller("rsplit", None, ncol - lo)
+            column = operator.itemgetter(*[1 + i - lo for i in wanted])
         else:
-            split = operator.methodcaller("split", None, ci + 1)
-            column = operator.itemgetter(ci)
+            split = operator.methodcaller("split", None, hi + 1)
+            column = operator.itemgetter(*wanted)
         while True:
             lines = fh.readlines(CHUNK_BYTES)
             if not lines:
@@ -178,7 +187,7 @@ class _Walker:
                     lines = []
             for line in lines + tail:  # careful path
                 tokens = self.feed(line)
-                yield [line], None if tokens is None or self.class_index < 0 else [tokens[self.class_index]]
+                yield [line], None if tokens is None or self.class_index < 0 else [self._token(tokens)]
 
     def count_rows(self, fh) -> tuple[int, bytes | None]:
         """(number of particle rows, the last one) without splitting rows into values: the
@@ -249,7 +258,13 @@ class _Walker:
             if self.state == "rows":
                 raise StarError(f"{path}: line {lineno}: column label after the rows of data_{self.block}")
             if self.state == "labels":
-                self.labels.append(stripped[1:].split()[0].decode(errors="replace"))
+                if not stripped[1:].split():
+                    raise StarError(f"{path}: line {lineno}: a lone '_' where a column label belongs (file garbled?)")
+                label = stripped[1:].split()[0].decode(errors="replace")
+                if label in self.labels:
+                    raise StarError(f"{path}: line {lineno}: label _{label} appears twice in table "
+                                    f"data_{self.block} (RELION cannot read such a file)")
+                self.labels.append(label)
             return None
         if self.state not in ("labels", "rows"):
             raise StarError(f"{path}: line {lineno}: unexpected text outside a table")
@@ -287,13 +302,17 @@ class _Walker:
             self.found_table = True
             self.particle_labels = list(self.labels)
             self.class_index = self.labels.index("rlnClassNumber")
+            if self.with_optics and self.optics is not None and "rlnOpticsGroup" in self.labels:
+                self.optics_index = self.labels.index("rlnOpticsGroup")
         else:
             self.class_index = -1
 
 
 def _open(path: str):
+    from .inputs import check_input
+
     try:
-        return open(path, "rb")
+        return open(check_input(path, "STAR file"), "rb")
     except FileNotFoundError:
         raise StarError(f"{path}: file not found") from None
     except OSError as exc:
@@ -310,8 +329,8 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
     garbled, or the table is empty.
     """
     path = os.fspath(path)
-    walker = _Walker(path, abort)
-    token_counts: Counter[bytes] = Counter()
+    walker = _Walker(path, abort, with_optics=per_class)
+    token_counts: Counter = Counter()  # of class tokens, or of (class, optics group) token pairs
     last: bytes | None = None
     with _open(path) as fh:
         if per_class:
@@ -324,6 +343,10 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
         walker.close(0)
     if not walker.found_table:
         raise StarError(f"{path}: no particle table (data_particles, or a table with _rlnImageName)")
+    if last is not None and not last.endswith(b"\n"):
+        raise StarError(f"{path}: the last particle row does not end with a line end (file cut short?)")
+    if per_class and walker.optics_index >= 0:
+        token_counts = _checked_optics_pairs(token_counts, walker.optics, path)
     counts = _class_counts(token_counts, path)
     n_particles = sum(counts.values()) if per_class else n_rows
     if n_particles == 0:
@@ -337,11 +360,48 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
                            optics=walker.optics, last_row=last_row, per_class=per_class)
 
 
+def _checked_optics_pairs(pairs: Counter, optics: StarBlock, path: str) -> Counter:
+    """Counts of (class, optics group) token pairs -> counts of class tokens, once every
+    optics group is checked (:func:`_check_optics_groups`)."""
+    _check_optics_groups({o for _c, o in pairs}, optics, path)
+    token_counts: Counter = Counter()
+    for (c, _o), n in pairs.items():
+        token_counts[c] += n
+    return token_counts
+
+
 def _class_counts(token_counts: Counter, path: str) -> dict[int, int]:
     counts: Counter[int] = Counter()
     for token, n in token_counts.items():
         counts[_class_of(token, path)] += n
     return dict(counts)
+
+
+def _check_optics_groups(tokens: set, optics: StarBlock, path: str) -> None:
+    """Every particle's rlnOpticsGroup must be a group the optics table defines: RELION's own
+    programs refuse the file otherwise ("optics groups were not defined"), so would the next job."""
+    if not optics.has("rlnOpticsGroup"):
+        raise StarError(f"{path}: table data_optics has no _rlnOpticsGroup column, but the particles name "
+                        "optics groups")
+    defined = set()
+    for value in optics.column("rlnOpticsGroup"):
+        try:
+            defined.add(int(value))
+        except ValueError:
+            raise StarError(f"{path}: table data_optics: rlnOpticsGroup {value!r} is not a whole number") from None
+    undefined = set()
+    for token in tokens:
+        try:
+            group = int(token)
+        except ValueError:
+            undefined.add(token.decode(errors="replace"))
+            continue
+        if group not in defined:
+            undefined.add(str(group))
+    if undefined:
+        shown = ", ".join(sorted(undefined)[:5])
+        raise StarError(f"{path}: particles are in optics group(s) {shown} that table data_optics does not define "
+                        f"(it defines {', '.join(map(str, sorted(defined))) or 'none'}); RELION cannot read such a file")
 
 
 def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, selected_classes,
@@ -357,7 +417,9 @@ def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, sele
     wanted = set(int(k) for k in selected_classes)
     keep: dict[bytes, bool] = {}
     token_counts: Counter[bytes] = Counter()
-    walker = _Walker(path_in, abort)
+    # without per-class counts from scan_particles (its fast pass only counts rows), this pass
+    # counts the classes and checks every optics group: tokens are then (class, optics) pairs
+    walker = _Walker(path_in, abort, with_optics=counts is not None)
     written = 0
     with _open(path_in) as fh, open(path_out, "wb", buffering=1 << 20) as out:
         write = out.write
@@ -366,12 +428,15 @@ def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, sele
                 write(lines[0])
                 continue
             for token in set(tokens) - keep.keys():
-                keep[token] = _class_of(token, path_in, walker.lineno) in wanted
+                keep[token] = _class_of(token[0] if isinstance(token, tuple) else token, path_in,
+                                        walker.lineno) in wanted
             flags = list(map(keep.__getitem__, tokens))
             write(b"".join(itertools.compress(lines, flags)))
             written += sum(flags)
             if counts is not None:
                 token_counts.update(tokens)
     if counts is not None:
+        if walker.optics_index >= 0:
+            token_counts = _checked_optics_pairs(token_counts, walker.optics, path_in)
         counts.update(_class_counts(token_counts, path_in))
     return written

@@ -11,6 +11,8 @@ take well under a second.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 COLS, ROWS = 6, 5
@@ -130,10 +132,21 @@ def write_report(pdf_path: str, png_path: str, entries: list[dict], summary: dic
     pages = [_summary(summary, [e["score"] for e in entries if e["score"] is not None], fonts)]
     pages += [_grid(chunk, COLS, f"Classes by score, page {n} of {len(chunks)}", fonts, height=PAGE_H)
               for n, chunk in enumerate(chunks, 1)]
-    with open(pdf_path, "wb") as fh:
+    with _named(pdf_path), open(pdf_path, "wb") as fh:
         pages[0].save(fh, format="PDF", save_all=True, append_images=pages[1:], resolution=100.0)
     shown = order[:PNG_TILES]
     title = summary.get("title", "Ranked classes") + (f"  (best {PNG_TILES} of {len(order)}; all in logfile.pdf)"
                                                       if len(order) > PNG_TILES else "")
-    with open(png_path, "wb") as fh:
+    with _named(png_path), open(png_path, "wb") as fh:
         _grid(shown, 10, title, fonts).save(fh, format="PNG", compress_level=1)
+
+
+@contextmanager
+def _named(path: str):
+    """A write error (disk full) names the file being written: the job reports it as that output."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = path
+        raise

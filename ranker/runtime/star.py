@@ -115,14 +115,15 @@ def tokenize(line: str) -> list[str]:
 
 def read_star(path: str | os.PathLike) -> dict[str, StarBlock]:
     """Read every block of a STAR file into memory (for small files only)."""
+    from .inputs import check_input
+
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        check_input(path, "STAR file")
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             text = fh.read()
     except FileNotFoundError:
         raise StarError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise StarError(f"{path}: is a directory, not a STAR file") from None
     except OSError as exc:
         raise StarError(f"{path}: cannot be read ({exc.strerror})") from None
     return parse_star(text, path)
@@ -157,7 +158,12 @@ def parse_star(text: str, source: str = "<string>") -> dict[str, StarBlock]:
             continue
         if line.startswith("_"):
             parts = line[1:].split(None, 1)
+            if not parts:
+                raise StarError(f"{where}: a lone '_' where a column label belongs (file garbled?)")
             label = parts[0]
+            if label in block.labels and state in ("loop_labels", "keys"):
+                raise StarError(f"{where}: label _{label} appears twice in block data_{block.name} "
+                                "(RELION cannot read such a file)")
             if state == "loop_labels":
                 block.labels.append(label)
             elif state == "keys":
@@ -195,6 +201,26 @@ def parse_star(text: str, source: str = "<string>") -> dict[str, StarBlock]:
 def _finish(block: StarBlock | None, source: str) -> None:
     if block is not None and block.is_loop and not block.labels:
         raise StarError(f"{source}: table data_{block.name} has loop_ but no columns")
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Raise StarError if a RELION-written STAR file was cut short.
+
+    RELION ends every table with a line holding one space, so the last line of a complete file
+    holds only white space; a file cut anywhere inside its last table does not (a file cut
+    exactly between two tables is caught by the tables missing, which the caller checks)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            tail = fh.read()
+    except OSError as exc:
+        raise StarError(f"{path}: cannot be read ({exc.strerror})") from None
+    lines = tail.splitlines()
+    if not lines or lines[-1].strip():
+        raise StarError(f"{path}: the file is cut short (it ends inside a table, not with the blank line "
+                        "RELION writes after every table)")
 
 
 def block(blocks: dict[str, StarBlock], name: str, path: str) -> StarBlock:
@@ -264,7 +290,7 @@ def format_block(name: str, labels: list[str], rows, loop: bool = True, version:
 def write_star(path: str | os.PathLike, blocks) -> None:
     """Write blocks to ``path``: each is the text of :func:`format_block` or the pieces of
     :func:`block_lines` (written as they are made)."""
-    with open(path, "w", encoding="utf-8") as fh:
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as fh:
         for piece in blocks:
             if isinstance(piece, str):
                 fh.write(piece)

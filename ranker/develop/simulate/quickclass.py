@@ -430,6 +430,12 @@ def write_outputs(proj_dir, P, it, K, cls, poses, loglik, images, rows_classes, 
                                                         "rlnSsnrMap"],
                                    [[j, j / (n * P.pixel_size_A), (n * P.pixel_size_A / j) if j else 999.0,
                                      float(ssnr[j])] for j in range(nsh)]))
+    # the one group's table and noise spectrum, as RELION writes them (the ranker refuses a model.star
+    # without them: it would be one cut short)
+    blocks.append(format_block("model_groups", ["rlnGroupNumber", "rlnGroupName", "rlnGroupNrParticles",
+                                                "rlnGroupScaleCorrection"], [[1, "group_1", len(P.rows), 1.0]]))
+    blocks.append(format_block("model_group_1", ["rlnSpectralIndex", "rlnResolution", "rlnSigma2Noise"],
+                               [[j, j / (n * P.pixel_size_A), 1.0] for j in range(nsh)]))
     write_star(root + "_model.star", blocks)
     pcols = list(P.cols) + ["rlnGroupNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
                             "rlnOriginYAngst", "rlnClassNumber", "rlnNormCorrection", "rlnLogLikeliContribution",
