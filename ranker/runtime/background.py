@@ -23,8 +23,7 @@ def _as_child(parent_pid: int) -> None:
     dies, even by SIGKILL, so that no child outlives the job."""
     import signal
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGXCPU):
+    for sig in _signals():  # (done at the fork already; again in case of another start method)
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
     try:
@@ -35,6 +34,44 @@ def _as_child(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+_CHILD_DEFAULT = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+
+
+def _signals() -> list:
+    import signal
+
+    return [getattr(signal, name) for name in _CHILD_DEFAULT if hasattr(signal, name)]
+
+
+def _block_signals_for_fork() -> None:
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, _signals())
+
+
+def _unblock_signals_in_parent() -> None:
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _signals())
+
+
+def _default_signals_at_fork() -> None:
+    """In a child right after any fork, before multiprocessing's own start-up there: the default
+    action for the signals the parent turns into JobInterrupted, set while they are blocked (from
+    just before the fork), then unblocked. Without it a signal in that window ran the parent's
+    handler in the child, which printed a traceback to run.err instead of ending quietly."""
+    import signal
+
+    for sig in _signals():
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _signals())
+
+
+os.register_at_fork(before=_block_signals_for_fork, after_in_parent=_unblock_signals_in_parent,
+                    after_in_child=_default_signals_at_fork)
 
 
 def _child(conn, fn, args, parent_pid):
