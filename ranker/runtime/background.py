@@ -1,8 +1,8 @@
 """Run a step in a forked process, to overlap it with work in this one.
 
-The job has two slow fixed costs that do not depend on the particle stream: importing
-torch (1.5 s, 220 MB) and drawing the report. On a 2-core machine they run in a child
-process while this one streams data.star. Where fork is unavailable the step simply runs
+The job's slow fixed costs that do not depend on the particle stream -- running the class
+images through the networks (and, on a GPU or with a torch weights file, importing torch) and
+drawing the report -- run in child processes while this one streams data.star. Where fork is unavailable the step simply runs
 in this process when its result is asked for.
 """
 
