@@ -118,7 +118,8 @@ def test_signal_ends_the_job_cleanly(big, test_model, sig, when):
     proc = start_job(out, model=test_model)
     marks = {"start": lambda: os.path.exists(out + LOCK_FILE),
              "counting": lambda: "read optimiser and model" in open(out + "run.out").read(),
-             "features": lambda: " + count particles" in open(out + "run.out").read(),  # either pass
+             "features": lambda: any(m in open(out + "run.out").read()  # whichever first pass
+                                         for m in (" + count particles", " + read data.star's header")),
              "temporary outputs": lambda: any(f.endswith(".part") for f in os.listdir(out))}
     wait_for(lambda: marks[when]() or proc.poll() is not None, what=when)
     assert proc.poll() is None, "the job ended before the signal could be sent"
@@ -690,7 +691,7 @@ def test_inputs_relion_cannot_read_are_refused(sim_project, test_model, capsys, 
     assert rc == 1
     assert_one_error_line(err, SIM_DATA, needle)
     if DEFECTS[defect] is None:  # found in the rows: by the subset step where the first pass only counted rows
-        assert ("+ count particles (per class later" in out) == (first_pass == "rows only"), out
+        assert ("+ read data.star's header and optics table" in out) == (first_pass == "rows only"), out
     assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
 
 

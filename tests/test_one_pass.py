@@ -22,7 +22,7 @@ def _run(extra, keep, capsys):
 def test_counting_while_writing_gives_the_same_outputs(sim_project, test_model, capsys):
     one = _run(["--model", test_model, "--min_score", "0"], "one_pass", capsys)
     two = _run(["--model", test_model, "--min_score", "0", "--select_min_nr_particles", "1"], "two_passes", capsys)
-    assert " + count particles (per class later, while particles.star is written): " in one
+    assert " + read data.star's header and optics table (particles counted while particles.star is written): " in one
     assert " + count particles per class: " in two
     for name in SAME:
         assert open(os.path.join("one_pass", name), "rb").read() == open(os.path.join("two_passes", name), "rb").read()

@@ -107,6 +107,25 @@ def test_counting_rows_only_sees_what_the_full_scan_sees(tmp_path):
         particles.CHUNK_BYTES = saved
 
 
+def test_given_row_count_reads_only_the_header(tmp_path):
+    """With the model's particle count, the first pass reads the header, the optics table and
+    the first row; a file cut short in a value (no final line end) is still refused at once,
+    and a table without rows is still empty."""
+    rows = ["1@a.mrcs 3 m1.mrc", "2@a.mrcs 1 m2.mrc", "3@a.mrcs 3 m3.mrc"]
+    src = _write(tmp_path, HEADER31 + "\n".join(rows) + "\n \n")
+    full, given = scan_particles(src), scan_particles(src, per_class=False, n_rows=3)
+    assert (given.n_particles, given.rows_counted, given.counts) == (3, False, {})
+    assert given.optics.rows == full.optics.rows and given.labels == full.labels
+    assert given.last_row == dict(zip(full.labels, rows[0].split()))  # the first row: only the header was read
+    assert scan_particles(src, per_class=False).rows_counted
+    cut = _write(tmp_path, HEADER31 + "\n".join(rows) + "7")
+    with pytest.raises(StarError, match="does not end with a line end"):
+        scan_particles(cut, per_class=False, n_rows=3)
+    empty = _write(tmp_path, HEADER31 + " \n")
+    with pytest.raises(StarError, match="has no rows"):
+        scan_particles(empty, per_class=False, n_rows=3)
+
+
 def test_stream_selection_relion30(tmp_path):
     text = "\ndata_\n\nloop_\n_rlnImageName #1\n_rlnClassNumber #2\n1@a 2\n2@a 1\n3@a 2\n"
     src = _write(tmp_path, text)

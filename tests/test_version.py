@@ -46,7 +46,7 @@ def test_run_out_has_version_and_stage_timings_that_add_up_to_the_wall_time(sim_
     names = [name for name, _s in stages]
     assert names[0].startswith("start-up (Python start-up and imports before main(), since the process started")
     assert names[1].startswith("imports (numpy, scipy")
-    for name in ("read optimiser and model", "count particles (per class later, while particles.star is written)",
+    for name in ("read optimiser and model", "read data.star's header and optics table (particles counted while particles.star is written)",
                  "features and network images", "rank_data.star (a copy of data.star), while the scorer finishes",
                  "scores", "selection", "write STAR outputs", "move outputs into place"):
         assert name in names

@@ -323,6 +323,19 @@ def check_model_tables(blocks: dict[str, StarBlock], general: StarBlock, model_p
                             "(file cut short?)")
 
 
+def model_particle_count(job: Class2DJob) -> int | None:
+    """The number of particles the model was made from: the sum of its groups'
+    ``rlnGroupNrParticles`` (RELION counts the whole data set once, at the start of the job),
+    or None where the model does not say."""
+    groups = job.model_blocks.get("model_groups")
+    if groups is None or not groups.has("rlnGroupNrParticles"):
+        return None
+    try:
+        return int(round(sum(groups.float_column("rlnGroupNrParticles"))))
+    except (ValueError, OverflowError):
+        return None
+
+
 def check_particles_fit(job: Class2DJob, n_particles: int, counts: dict[int, int], data_path: str) -> None:
     """data.star must be the one this model was made from (same Class2D job and iteration):
 
@@ -337,9 +350,8 @@ def check_particles_fit(job: Class2DJob, n_particles: int, counts: dict[int, int
     if unknown:
         raise StarError(f"{data_path}: particles belong to class(es) {unknown[:5]} that "
                         f"{job.model_path} does not have ({job.nr_classes} classes)")
-    groups = job.model_blocks.get("model_groups")
-    if groups is not None and groups.has("rlnGroupNrParticles"):
-        expected = int(round(sum(groups.float_column("rlnGroupNrParticles"))))
+    expected = model_particle_count(job)
+    if expected is not None:
         if expected != n_particles:
             raise StarError(f"{data_path}: has {n_particles} particles but {job.model_path} was made from "
                             f"{expected} (rlnGroupNrParticles); not the data.star of this Class2D job, or cut short")

@@ -122,7 +122,8 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, jo
     # each class: they are counted while it is written, and this pass counts rows only.
     parts = count_particles_per_class(job, jobdir, log, per_class=opts.select_min_nr_particles > 0)
     stage_done("count particles per class" if parts.per_class else
-               "count particles (per class later, while particles.star is written)")
+               "count particles (per class later, while particles.star is written)" if parts.rows_counted else
+               "read data.star's header and optics table (particles counted while particles.star is written)")
     images, fs = featurise_classes(job, parts, opts.threads, jobdir, log, cnn.class_images if cnn else None)
     stage_done("features and network images")
     copy_rank_data(jobdir, job)
@@ -209,14 +210,21 @@ def read_class2d_job(opts: Options, log: Log):
 def count_particles_per_class(job, jobdir: JobDir, log: Log, per_class: bool = True):
     """Stream data.star once: particles per class (or, ``per_class`` False, only the
     particles: :func:`write_particles_star` counts the classes), optics groups (flat memory)."""
-    from .class2d import check_particles_fit
+    from .class2d import check_particles_fit, model_particle_count
     from .particles import scan_particles
 
-    parts = scan_particles(job.data_path, abort=jobdir.check_abort, per_class=per_class)
+    # the model counts the particles (checked against the rows on the pass that writes
+    # particles.star): then only data.star's header is read here, unless the first-peak CTF
+    # correction needs the last row's defocus
+    known = None if per_class or job.ignore_ctf_until_first_peak else model_particle_count(job)
+    parts = scan_particles(job.data_path, abort=jobdir.check_abort, per_class=per_class, n_rows=known)
     if per_class:
         check_particles_fit(job, parts.n_particles, parts.counts, job.data_path)
         log(f"  {parts.n_particles} particles in {len(parts.counts)} non-empty classes, "
             f"{parts.n_optics_groups} optics group(s)")
+    elif known is not None:
+        log(f"  {parts.n_particles} particles (as {os.path.basename(job.model_path)} counts them; data.star's rows "
+            f"are counted while particles.star is written), {parts.n_optics_groups} optics group(s)")
     else:
         log(f"  {parts.n_particles} particles, {parts.n_optics_groups} optics group(s)")
     return parts
@@ -227,6 +235,7 @@ def check_class_numbers(job, parts) -> None:
     classes are counted (while particles.star is written, where the first pass counted rows only)."""
     from .class2d import check_particles_fit
 
+    parts.n_particles = sum(parts.counts.values())  # the rows counted (the first pass may have taken the model's)
     check_particles_fit(job, parts.n_particles, parts.counts, job.data_path)
 
 

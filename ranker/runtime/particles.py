@@ -5,7 +5,8 @@ functions read the file line by line, in bytes, and keep memory flat in particle
 
 * :func:`scan_particles` counts particles per class (``rlnClassNumber``) and keeps the
   optics table and the last particle row; with ``per_class=False`` it only counts the rows
-  (a few numpy passes over the bytes: 6x less CPU), leaving the classes to
+  (a few numpy passes over the bytes: 6x less CPU), or, given the number of rows from the
+  model, reads only the header and the first row, leaving the classes to
 * :func:`write_selected`, which copies the file, keeping every header, comment, optics row
   and blank line as it is, and only those particle rows whose class is selected, byte for
   byte and in input order, and can count the particles per class as it goes.
@@ -49,6 +50,7 @@ class ParticleSummary:
     optics: StarBlock | None
     last_row: dict[str, str] = field(default_factory=dict)
     per_class: bool = True  # False: ``counts`` is empty until write_selected(..., counts=) fills it
+    rows_counted: bool = True  # False: ``n_particles`` was given (the model's count), only the header was read
 
     @property
     def n_optics_groups(self) -> int:
@@ -308,6 +310,20 @@ class _Walker:
             self.class_index = -1
 
 
+def _ends_with_line_end(fh) -> bool:
+    """Whether the (seekable) file ends with a newline; leaves the position at the start."""
+    try:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        fh.seek(size - 1)
+        return fh.read(1) == b"\n"
+    except OSError:
+        return False
+    finally:
+        fh.seek(0)
+
+
 def _open(path: str):
     from .inputs import check_input
 
@@ -320,10 +336,16 @@ def _open(path: str):
 
 
 def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = None,
-                   per_class: bool = True) -> ParticleSummary:
+                   per_class: bool = True, n_rows: int | None = None) -> ParticleSummary:
     """Count the particles of each class in a data.star, streaming; with ``per_class``
     False only the particles (``counts`` is left empty, for :func:`write_selected` to fill),
     and rows are not checked.
+
+    ``n_rows`` (with ``per_class`` False): the number of particle rows, known elsewhere (the
+    model's ``rlnGroupNrParticles``): then only the header, the optics table and the first
+    particle row are read (``last_row`` is that first row), and the caller must check the
+    number on the pass that writes (:func:`write_selected` counts every row). A file that does
+    not end with a line end is read whole, for the error below.
 
     Raises StarError if the file has no particle table with ``rlnClassNumber``, a row is
     garbled, or the table is empty.
@@ -332,12 +354,20 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
     walker = _Walker(path, abort, with_optics=per_class)
     token_counts: Counter = Counter()  # of class tokens, or of (class, optics group) token pairs
     last: bytes | None = None
+    header_only = False
     with _open(path) as fh:
         if per_class:
             for lines, tokens in walker.walk(fh):
                 if tokens:
                     token_counts.update(tokens)
                     last = lines[-1]
+        elif n_rows is not None and n_rows > 0 and _ends_with_line_end(fh):
+            header_only = True
+            for line in fh:
+                if walker.feed(line) is not None and walker.class_index >= 0:
+                    last = line
+                    break
+            n_rows = n_rows if last is not None else 0
         else:
             n_rows, last = walker.count_rows(fh)
         walker.close(0)
@@ -357,7 +387,8 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
         raise StarError(f"{path}: last particle row: {exc}") from None
     last_row = {label: t.decode(errors="replace") for label, t in zip(walker.particle_labels, values)}
     return ParticleSummary(path=path, n_particles=n_particles, counts=counts, labels=walker.particle_labels,
-                           optics=walker.optics, last_row=last_row, per_class=per_class)
+                           optics=walker.optics, last_row=last_row, per_class=per_class,
+                           rows_counted=not header_only)
 
 
 def _checked_optics_pairs(pairs: Counter, optics: StarBlock, path: str) -> Counter:
