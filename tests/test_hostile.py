@@ -419,20 +419,51 @@ def test_too_many_threads_is_a_note(sim_project, test_model, capsys):
     assert rc == 0, err
 
 
-def test_disk_full_names_the_output_not_the_input(sim_project, test_model, capsys, monkeypatch):
-    """shutil names its source when the destination fills up: the job names the output."""
+@pytest.mark.parametrize("copier", ["copy_file_range", "shutil"])
+def test_disk_full_names_the_output_not_the_input(sim_project, test_model, capsys, monkeypatch, copier):
+    """The copy of data.star (rank_data.star) fills the disk: the job names the output, whether
+    the kernel's copy_file_range fails or shutil's fallback (which names its source)."""
     import errno
     import shutil as sh
 
-    def full(fsrc, fdst):
+    def full_kernel(fd_in, fd_out, count, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def unsupported(fd_in, fd_out, count, *args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def full(fsrc, fdst, *args):
         raise OSError(errno.ENOSPC, "No space left on device", fsrc.name, None, fdst.name)  # as shutil does
 
-    monkeypatch.setattr(sh, "_fastcopy_sendfile", full)
+    monkeypatch.setattr(os, "copy_file_range", full_kernel if copier == "copy_file_range" else unsupported)
+    monkeypatch.setattr(sh, "copyfileobj", full)
     rc, _out, err = run_inproc(["--o", OUT, "--in_optimiser", SIM_OPT, "--model", test_model], capsys)
     assert rc == 1
     assert_one_error_line(err, OUT + "rank_data.star: cannot write (No space left on device)")
     assert SIM_DATA not in err[0]
     assert exit_files(OUT) == ["RELION_JOB_EXIT_FAILURE"] and leftovers(OUT) == []
+
+
+def test_rank_data_copied_without_copy_file_range(tmp_path, monkeypatch):
+    """Where the kernel or filesystem refuses copy_file_range (EXDEV, ENOSYS, ...) or Python
+    lacks it, rank_data.star is still a byte copy."""
+    import errno
+
+    from ranker.runtime.outputs import copy_file
+
+    src = tmp_path / "data.star"
+    src.write_bytes(os.urandom(3 << 20) + b"end\n")
+    for refusal in (OSError(errno.EXDEV, "Invalid cross-device link"), OSError(errno.ENOSYS, "not implemented"),
+                    AttributeError("no copy_file_range")):
+        def refuse(*args, _exc=refusal):
+            raise _exc
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+        dst = tmp_path / f"copy_{type(refusal).__name__}_{getattr(refusal, 'errno', 0)}"
+        copy_file(str(src), str(dst))
+        assert dst.read_bytes() == src.read_bytes()
+    monkeypatch.undo()
+    copy_file(str(src), str(tmp_path / "kernel"))
+    assert (tmp_path / "kernel").read_bytes() == src.read_bytes()
 
 
 def test_disk_full_on_a_real_small_filesystem(sim_project, test_model, tmp_path):

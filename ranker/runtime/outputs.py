@@ -8,7 +8,9 @@ Tables and labels follow RELION-5's ``relion_class_ranker --auto_select``
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import shutil
 
 from .class2d import Class2DJob
@@ -67,8 +69,30 @@ def write_rank_data(path: str, job: Class2DJob) -> None:
     optimiser: ``X_optimiser.star`` (RELION 4/5) and ``X_model.star`` (RELION 3.1) with
     ``--class`` read ``X_data.star``. Without it the GUI's Display of rank_optimiser.star and a
     Select job on it stop with "File .../rank_data.star does not exist". A byte copy, not a
-    link, so that editing it can never change the Class2D job's file."""
-    shutil.copyfile(job.data_path, path)
+    link, so that editing it can never change the Class2D job's file: with copy_file_range,
+    which on XFS, btrfs and NFS 4.2 shares the blocks copy-on-write (a reflink, no data
+    moved) and elsewhere copies inside the kernel; shutil's copy where it is refused."""
+    copy_file(job.data_path, path)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy ``src`` to a new ``dst`` byte for byte (copy_file_range where the kernel and
+    filesystem allow, else :func:`shutil.copyfile`)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done)
+                if n == 0:  # the file shrank while copied: copy what remains the ordinary way
+                    break
+                done += n
+        except (AttributeError, OSError) as exc:  # no such call, or EXDEV/ENOSYS/EINVAL/... on this pair
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                raise
+        fin.seek(done)
+        fout.seek(done)
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def write_backup_selection(path: str, job: Class2DJob, selection: Selection) -> None:
