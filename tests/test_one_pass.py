@@ -42,3 +42,18 @@ def test_unknown_class_found_while_writing_fails_the_job_without_outputs(sim_pro
     assert jobmod.main(["--o", OUT, "--in_parts", SIM_DATA, "--model", test_model]) == 1
     assert "particles belong to class(es) [77]" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(OUT, "particles.star"))
+
+
+def test_particles_star_written_by_several_processes_is_the_same(sim_project, test_model, capsys, monkeypatch):
+    """--j 3 with every data.star large enough to be cut into ranges: the same outputs as --j 1."""
+    import ranker.runtime.particles as particles
+
+    one = _run(["--model", test_model, "--min_score", "0.3", "--j", "1"], "one_process", capsys)
+    monkeypatch.setattr(particles, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(particles, "CHUNK_BYTES", 4096)
+    three = _run(["--model", test_model, "--min_score", "0.3", "--j", "3"], "three_processes", capsys)
+    for name in SAME:
+        assert open(os.path.join("one_process", name), "rb").read() == \
+            open(os.path.join("three_processes", name), "rb").read(), name
+    assert [l for l in one.splitlines() if l.startswith("Selected ")] == \
+        [l for l in three.splitlines() if l.startswith("Selected ")]

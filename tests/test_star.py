@@ -1,5 +1,7 @@
 """STAR reading/writing and streaming particle selection on all RELION variants."""
 
+import os
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -178,12 +180,14 @@ def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, e
     src = _write(d, text)
     out = str(d / "out.star")
     import ranker.runtime.particles as particles
-    saved = particles.CHUNK_BYTES
+    saved, saved_min = particles.CHUNK_BYTES, particles.PARALLEL_MIN_BYTES
     try:
-        for chunk in (saved, 200, 37):  # one chunk (careful path at the end) and many (fast path)
+        particles.PARALLEL_MIN_BYTES = 0
+        # one chunk (careful path at the end) and many (fast path); one process, or ranges in three
+        for chunk, workers in ((saved, 1), (200, 1), (37, 1), (saved, 3), (37, 3)):
             particles.CHUNK_BYTES = chunk
             counts = {}
-            n = write_selected(src, out, selected, counts=counts)
+            n = write_selected(src, out, selected, counts=counts, workers=workers)
             assert open(out, "rb").read().decode() == _reference_select(text, selected)
             assert n == sum(1 for k, _, _ in rows if k in selected)
             summary = scan_particles(src)
@@ -192,7 +196,106 @@ def test_streamed_selection_equals_reference(tmp_path_factory, rows, selected, e
             quick = scan_particles(src, per_class=False)
             assert (quick.n_particles, quick.last_row) == (summary.n_particles, summary.last_row)
     finally:
-        particles.CHUNK_BYTES = saved
+        particles.CHUNK_BYTES, particles.PARALLEL_MIN_BYTES = saved, saved_min
+
+
+OPTICS_HEADER = ("\ndata_optics\n\nloop_\n_rlnOpticsGroupName #1\n_rlnOpticsGroup #2\nopticsGroup1 1\nopticsGroup2 2\n \n\n"
+                 "data_particles\n\nloop_\n_rlnImageName #1\n_rlnOpticsGroup #2\n_rlnDefocusU #3\n_rlnClassNumber #4\n"
+                 "_rlnMicrographName #5\n")
+
+
+def _mixed_rows(n=400, eol="\n"):
+    rows = []
+    for i in range(1, n + 1):
+        row = f"{i:06d}@Extract/job005/stack.mrcs {1 + i % 2} {10000 + i:.6f} {1 + (i * 7) % 9} mic{i % 13}.mrc"
+        rows.append(row)
+        if i % 97 == 0:
+            rows.append("# a comment among the rows")
+        if i % 131 == 0:
+            rows.append("")
+        if i % 151 == 0:
+            rows[-1] = rows[-1].replace(f"mic{i % 13}.mrc", f'"mic {i}.mrc"')
+    return eol.join(rows) + eol
+
+
+@pytest.mark.parametrize("case", ["plain", "crlf", "table after the rows", "bad class token", "short row",
+                                  "undefined optics group", "second particle table"])
+def test_ranges_in_several_processes_give_what_one_gives(tmp_path, case, monkeypatch):
+    """particles.star, the counts and every error (its line number too) are the same whether one
+    process filters the rows or several filter ranges of them (chunks small enough for every
+    range to mix the fast and the careful path; ranges cut anywhere)."""
+    import ranker.runtime.particles as particles
+
+    eol = "\r\n" if case == "crlf" else "\n"
+    text = OPTICS_HEADER + _mixed_rows(eol=eol)
+    lines = text.split(eol)
+    if case == "table after the rows":
+        text += "\ndata_other\n\nloop_\n_rlnFoo #1\n_rlnBar #2\n1 2\n3 4\n \n"
+    elif case == "second particle table":
+        text += "\ndata_more\n\nloop_\n_rlnImageName #1\n_rlnClassNumber #2\n1@a 2\n"
+    elif case in ("bad class token", "short row", "undefined optics group"):
+        row = next(i for i, line in enumerate(lines) if line.startswith("000300@"))
+        values = lines[row].split()
+        if case == "bad class token":
+            values[3] = "x"
+        elif case == "short row":
+            values = values[:-1]
+        else:
+            values[1] = "7"
+        lines[row] = " ".join(values)
+        text = eol.join(lines)
+    src = _write(tmp_path, text)
+    monkeypatch.setattr(particles, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(particles, "CHUNK_BYTES", 1500)
+    marks = tmp_path / "ranges"
+    marks.mkdir()
+    filter_range = particles._filter_range
+
+    def marked(rows, path_in, start, size, out_fd):  # in the forked process: leaves a mark per range
+        done = filter_range(rows, path_in, start, size, out_fd)
+        (marks / f"{start}_{'filtered' if done else 'redone in order'}").touch()
+        return done
+
+    monkeypatch.setattr(particles, "_filter_range", marked)
+    results = {}
+    for workers in (1, 2, 3, 7):
+        out = str(tmp_path / f"out{workers}.star")
+        counts = {}
+        try:
+            n = write_selected(src, out, {2, 3, 5}, counts=counts, workers=workers)
+            results[workers] = ("ok", n, counts, open(out, "rb").read())
+        except StarError as exc:
+            results[workers] = ("error", str(exc))
+    assert results[2] == results[1] and results[3] == results[1] and results[7] == results[1], case
+    ranges = os.listdir(marks)
+    assert len(ranges) >= 6 and any(r.endswith("_filtered") for r in ranges), ranges  # other processes did work
+    if case in ("table after the rows", "bad class token", "short row", "second particle table"):
+        assert any(r.endswith("_redone in order") for r in ranges), ranges
+    if case in ("plain", "crlf", "table after the rows"):
+        assert results[1][0] == "ok" and results[1][3].decode() == _reference_select(text, {2, 3, 5})
+    else:
+        assert results[1][0] == "error"
+        if case in ("bad class token", "short row"):
+            assert "line " in results[1][1]
+
+
+def test_ranges_leave_no_file_behind(tmp_path, monkeypatch):
+    """The other processes' pieces are unnamed temporary files: after a run, or a failure in a
+    range, the output's directory holds only the output."""
+    import ranker.runtime.particles as particles
+
+    monkeypatch.setattr(particles, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(particles, "CHUNK_BYTES", 1500)
+    src = _write(tmp_path, OPTICS_HEADER + _mixed_rows())
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    assert write_selected(src, str(outdir / "p.star"), {1, 2}, counts={}, workers=3) > 0
+    assert os.listdir(outdir) == ["p.star"]
+    bad = _write(tmp_path, OPTICS_HEADER + _mixed_rows().replace("000390@Extract/job005/stack.mrcs 1",
+                                                                  "000390@Extract/job005/stack.mrcs 9"))
+    with pytest.raises(StarError, match="optics group"):
+        write_selected(bad, str(outdir / "q.star"), {1, 2}, counts={}, workers=3)
+    assert sorted(os.listdir(outdir)) == ["p.star", "q.star"]  # (the caller removes its temporary output)
 
 
 @pytest.mark.parametrize("token", ["inf", "nan", "2.5", "x"])

@@ -78,9 +78,10 @@ class Log:
 def run(opts: Options, jobdir: JobDir, log: Log) -> None:
     """Everything between reading the inputs and renaming the outputs into place.
 
-    The networks run alongside the particle count (:func:`start_networks`); the report is
-    drawn alongside the STAR outputs. Where torch is needed (a GPU, a torch weights file),
-    the scorer process starts at once, so that torch's import overlaps with everything else."""
+    The networks run alongside reading data.star and the features (:func:`start_networks`);
+    the report is drawn while particles.star and the other STAR outputs are written. Where
+    torch is needed (a GPU, a torch weights file), the scorer process starts at once, so that
+    torch's import overlaps with everything else."""
     from .background import Background, Inbox
     from .model import score_when_ready, uses_torch
 
@@ -101,7 +102,7 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, jo
     marked, a look for RELION_JOB_ABORT_NOW (the particle stream also looks while it runs).
     ``started``: background processes (the torch scorer, if started; the networks' helper is
     added); ``job_box``: the torch scorer's inbox for the Class2D job, or None."""
-    from .background import Background
+    from .background import Background, Inbox
 
     def stage_done(name: str, poll_abort: bool = True) -> None:
         log.stage(name)
@@ -133,22 +134,22 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, jo
     sel, threshold_text = apply_selection_rules(opts, scores, raw_scores, parts, log)
     stage_done("selection", poll_abort=False)
 
-    def start_report():
-        return Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
-                          scores, parts, sel, threshold_text, model_path)
-
+    # the report is drawn while particles.star is written; where that pass counts the classes,
+    # the counts follow through an inbox once it is done
+    counts_box = None if parts.per_class else Inbox()
     report = None
     try:
-        if parts.per_class:  # counts known: the report is drawn while particles.star is written
-            report = start_report()
+        report = Background(_write_report, jobdir.temp("logfile.pdf"), jobdir.temp("logfile.png"), job, images, fs,
+                            scores, parts, sel, threshold_text, model_path, counts_box)
+        if parts.per_class:
             write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
-            n_written = write_particles_star(job, sel, jobdir)
+            n_written = write_particles_star(job, sel, jobdir, workers=opts.threads or 1)
         else:
-            n_written = write_particles_star(job, sel, jobdir, counts=parts.counts)
+            n_written = write_particles_star(job, sel, jobdir, counts=parts.counts, workers=opts.threads or 1)
             check_class_numbers(job, parts)
             log(f"  {len(parts.counts)} non-empty classes (counted while particles.star was written)")
             sel.n_particles = n_written
-            report = start_report()
+            counts_box.put((parts.counts, parts.n_particles, n_written))
             write_star_outputs(opts, jobdir, job, fs, scores, sel, parts)
         stage_done("write STAR outputs", poll_abort=False)
         with jobdir.writing("logfile.pdf", "logfile.png"):
@@ -156,7 +157,7 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, jo
     finally:
         if report is not None:
             report.cancel()
-    stage_done("report (logfile.pdf, logfile.png), drawn alongside the STAR outputs")
+    stage_done("report (logfile.pdf, logfile.png), drawn while the STAR outputs were written")
     move_outputs_into_place(jobdir)
     stage_done("move outputs into place", poll_abort=False)
     log_results(job, parts, scores, sel, n_written, jobdir, log)
@@ -394,14 +395,15 @@ def write_star_outputs(opts: Options, jobdir: JobDir, job, fs, scores: dict, sel
                                    jobdir.file("features_images.mrcs"), job, fs, scores)
 
 
-def write_particles_star(job, sel, jobdir: JobDir, counts: dict | None = None) -> int:
-    """particles.star: the selected classes' rows copied byte for byte (temporary name).
-    Returns the number of particles written; fills ``counts`` (class -> particles), if given."""
+def write_particles_star(job, sel, jobdir: JobDir, counts: dict | None = None, workers: int = 1) -> int:
+    """particles.star: the selected classes' rows copied byte for byte (temporary name), by
+    ``workers`` processes on a large data.star. Returns the number of particles written; fills
+    ``counts`` (class -> particles), if given."""
     from .particles import write_selected
 
     with jobdir.writing("particles.star"):
         return write_selected(job.data_path, jobdir.temp("particles.star"), sel.selected, abort=jobdir.check_abort,
-                              counts=counts)
+                              counts=counts, workers=workers)
 
 
 def move_outputs_into_place(jobdir: JobDir) -> None:
@@ -433,9 +435,13 @@ def log_results(job, parts, scores: dict, sel, n_written: int, jobdir: JobDir, l
             "--select_min_nr_classes / --select_min_nr_particles)")
 
 
-def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, threshold_text, model_path) -> None:
+def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, threshold_text, model_path,
+                  counts_box=None) -> None:
+    """Draw logfile.pdf/png (in a background process). ``counts_box``: an Inbox that brings
+    (particles per class, particles, particles kept) once particles.star is written, where
+    ``parts`` has no per-class counts yet; the report is drawn as far as it can go meanwhile."""
     from .features import network_image
-    from .report import rejection_reason, write_report
+    from .report import ReportDraft, rejection_reason
 
     thumbs = {i: fs.images[j] for j, i in enumerate(fs.rows)}  # scored classes: images already made
     unscored = [i for i in range(job.nr_classes) if i not in thumbs]
@@ -446,18 +452,21 @@ def _write_report(pdf_path, png_path, job, images, fs, scores, parts, sel, thres
     entries = []
     for row, cls in enumerate(job.classes):
         k = cls.class_number
-        score = scores.get(k)
-        count = parts.counts.get(k, 0)
-        entries.append({"class_number": k, "image": thumbs[row], "score": score, "count": count,
+        entries.append({"class_number": k, "image": thumbs[row], "score": scores.get(k),
                         "resolution_A": raw[k]["EstimatedResolution"] if k in raw else cls.estimated_resolution_A,
-                        "selected": k in chosen,
-                        "reason": "" if k in chosen else rejection_reason(score or 0.0, count, raw.get(k), sel.min_score)})
+                        "selected": k in chosen})
     title = job.optimiser_path.encode(errors="surrogateescape").decode(errors="replace")  # drawable text
-    summary = {"title": f"relion_external_rank: {title}", "particles_in": parts.n_particles,
-               "particles_kept": sel.n_particles, "classes_in": job.nr_classes, "classes_kept": len(sel.selected),
-               "classes_scored": len(scores), "threshold": sel.min_score, "threshold_text": threshold_text,
-               "model": model_path}
-    write_report(pdf_path, png_path, entries, summary)
+    summary = {"title": f"relion_external_rank: {title}", "classes_in": job.nr_classes,
+               "classes_kept": len(sel.selected), "classes_scored": len(scores), "threshold": sel.min_score,
+               "threshold_text": threshold_text, "model": model_path}
+    draft = ReportDraft(entries, summary)
+    if counts_box is None:
+        counts, n_particles, n_kept = parts.counts, parts.n_particles, sel.n_particles
+    else:
+        counts, n_particles, n_kept = counts_box.get()
+    draft.finish(pdf_path, png_path, counts=counts, particles_in=n_particles, particles_kept=n_kept,
+                 reason=lambda e: rejection_reason(e["score"] or 0.0, e["count"], raw.get(e["class_number"]),
+                                                   sel.min_score))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,13 +151,31 @@ class _Walker:
         return tokens[self.class_index]
 
     def walk(self, fh):
-        for line in fh:
+        """Every line of ``fh``: the header line by line (:meth:`walk_header`), then the rows
+        from the first particle row on, a chunk at a time (:meth:`walk_rows`)."""
+        yield from self.walk_header(fh)
+        if self.in_particle_rows():
+            yield from self.walk_rows(fh)
+
+    def walk_header(self, fh):
+        """The lines up to and including the first particle row, one at a time (all of
+        ``fh``'s lines if it has no particle row)."""
+        while True:
+            line = fh.readline()  # (not iteration: fh.tell() stays exact for walk_rows' ranges)
+            if not line:
+                return
             tokens = self.feed(line)
             yield [line], None if tokens is None else [self._token(tokens)]
-            if self.class_index >= 0 and self.state == "rows":
-                break  # first particle row seen: the rest goes in chunks
-        else:
-            return
+            if self.in_particle_rows():
+                return  # first particle row seen: the rest goes in chunks
+
+    def in_particle_rows(self) -> bool:
+        """Whether the last line fed was a particle row (or a line among them)."""
+        return self.class_index >= 0 and self.state == "rows"
+
+    def walk_rows(self, fh, size: int | None = None):
+        """The lines from ``fh``'s position on (``size``: only that many bytes, ending at a
+        line end), plain particle rows a chunk at a time, anything else line by line."""
         ncol = len(self.labels)
         ci = self.class_index
         wanted = [ci] if self.optics_index < 0 else [ci, self.optics_index]
@@ -168,8 +186,15 @@ class _Walker:
         else:
             split = operator.methodcaller("split", None, hi + 1)
             column = operator.itemgetter(*wanted)
+        left = size
         while True:
-            lines = fh.readlines(CHUNK_BYTES)
+            if left is None:
+                lines = fh.readlines(CHUNK_BYTES)
+            else:  # the range ends at a line end; readlines(hint) stops once it has read MORE than hint
+                lines = fh.readlines(min(CHUNK_BYTES, left - 1)) if left > 1 else [fh.readline()] if left else []
+                left -= sum(map(len, lines))
+                if left < 0:
+                    raise StarError(f"{self.path}: line {self.lineno}: the file changed while it was read")
             if not lines:
                 return
             if self.abort is not None:
@@ -435,39 +460,144 @@ def _check_optics_groups(tokens: set, optics: StarBlock, path: str) -> None:
                         f"(it defines {', '.join(map(str, sorted(defined))) or 'none'}); RELION cannot read such a file")
 
 
+PARALLEL_MIN_BYTES = 32 << 20  # particle rows worth filtering in more than one process (fork costs ~10 ms)
+
+
 def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, selected_classes,
-                   abort: Callable[[], None] | None = None, counts: dict | None = None) -> int:
+                   abort: Callable[[], None] | None = None, counts: dict | None = None, workers: int = 1) -> int:
     """Copy ``path_in`` to ``path_out`` keeping only particle rows of ``selected_classes``.
 
     Header lines, comments, the optics table and blank lines are copied unchanged; particle
     rows are copied byte for byte in input order. Returns the number of rows written.
     ``counts``: a dict to fill with the particles of every class (as :func:`scan_particles`).
+    ``workers`` > 1: the rows after the first (from ``PARALLEL_MIN_BYTES`` of them) are cut at
+    line ends into that many ranges; this process filters the first, forked processes the
+    others into unnamed temporary files (nothing is left behind if the job is killed),
+    appended in order. A range holding anything but the particle table's rows (another
+    table), or a fault, is filtered again here, in order, so that the output and every error
+    (with its line number) are those of one process reading the file from start to end.
     The caller writes to a temporary name and renames it on success.
     """
     path_in = os.fspath(path_in)
-    wanted = set(int(k) for k in selected_classes)
-    keep: dict[bytes, bool] = {}
-    token_counts: Counter[bytes] = Counter()
     # without per-class counts from scan_particles (its fast pass only counts rows), this pass
     # counts the classes and checks every optics group: tokens are then (class, optics) pairs
     walker = _Walker(path_in, abort, with_optics=counts is not None)
-    written = 0
+    rows = _RowFilter(path_in, selected_classes, walker)
     with _open(path_in) as fh, open(path_out, "wb", buffering=1 << 20) as out:
-        write = out.write
-        for lines, tokens in walker.walk(fh):
+        rows.copy(walker.walk_header(fh), out.write)
+        if walker.in_particle_rows():
+            ranges = _line_ranges(fh, workers)
+            if len(ranges) == 1:
+                rows.copy(walker.walk_rows(fh), out.write)
+            else:
+                _write_ranges(fh, out, rows, ranges, path_out)
+    if counts is not None:
+        token_counts = rows.token_counts
+        if walker.optics_index >= 0:
+            token_counts = _checked_optics_pairs(token_counts, walker.optics, path_in)
+        counts.update(_class_counts(token_counts, path_in))
+    return rows.written
+
+
+class _RowFilter:
+    """Keeps the selected classes' rows of what a :class:`_Walker` yields, counting them and
+    (the tokens) every class."""
+
+    def __init__(self, path: str, selected_classes, walker: _Walker):
+        self.path, self.walker = path, walker
+        self.wanted = set(int(k) for k in selected_classes)
+        self.keep: dict[bytes, bool] = {}
+        self.token_counts: Counter = Counter()
+        self.written = 0
+
+    def copy(self, pieces, write) -> None:
+        keep, walker = self.keep, self.walker
+        for lines, tokens in pieces:
             if tokens is None:
                 write(lines[0])
                 continue
             for token in set(tokens) - keep.keys():
-                keep[token] = _class_of(token[0] if isinstance(token, tuple) else token, path_in,
-                                        walker.lineno) in wanted
+                keep[token] = _class_of(token[0] if isinstance(token, tuple) else token, self.path,
+                                        walker.lineno) in self.wanted
             flags = list(map(keep.__getitem__, tokens))
             write(b"".join(itertools.compress(lines, flags)))
-            written += sum(flags)
-            if counts is not None:
-                token_counts.update(tokens)
-    if counts is not None:
-        if walker.optics_index >= 0:
-            token_counts = _checked_optics_pairs(token_counts, walker.optics, path_in)
-        counts.update(_class_counts(token_counts, path_in))
-    return written
+            self.written += sum(flags)
+            self.token_counts.update(tokens)
+
+
+def _line_ranges(fh, workers: int) -> list[tuple[int, int]]:
+    """(start, size) of up to ``workers`` ranges of about equal size from ``fh``'s position to
+    its end, each starting at a line start; one range below ``PARALLEL_MIN_BYTES``. Leaves
+    ``fh`` at the first range's start."""
+    start = fh.tell()
+    end = os.fstat(fh.fileno()).st_size
+    if workers <= 1 or end - start < PARALLEL_MIN_BYTES:
+        return [(start, end - start)]
+    cuts = [start]
+    for k in range(1, workers):
+        fh.seek(max(cuts[-1], start + (end - start) * k // workers))
+        if fh.tell() > start:
+            fh.seek(fh.tell() - 1)  # a cut exactly at a line start stays there
+        fh.readline()
+        if cuts[-1] < fh.tell() < end:
+            cuts.append(fh.tell())
+    fh.seek(start)
+    cuts.append(end)
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def _filter_range(rows: _RowFilter, path_in: str, start: int, size: int, out_fd: int):
+    """In a forked process: the rows of one range into ``out_fd``. Returns (rows written, token
+    counts, lines read), or None where the range must be filtered again in order (it leaves the
+    particle table, or holds a fault: line numbers here would be wrong)."""
+    walker = rows.walker
+    walker.abort = None  # the parent looks for RELION_JOB_ABORT_NOW
+    block, lines_before = walker.block, walker.lineno
+    try:
+        with open(path_in, "rb") as fh, os.fdopen(os.dup(out_fd), "wb", buffering=1 << 20) as out:
+            fh.seek(start)
+            rows.copy(walker.walk_rows(fh, size), out.write)
+    except StarError:
+        return None
+    if not walker.in_particle_rows() or walker.block != block:
+        return None
+    return rows.written, rows.token_counts, walker.lineno - lines_before
+
+
+def _write_ranges(fh, out, rows: _RowFilter, ranges, path_out) -> None:
+    """:func:`write_selected`'s rows after the header, in ranges (see there)."""
+    import copy
+    import shutil
+    import tempfile
+
+    from .background import Background
+
+    walker = rows.walker
+    block = walker.block
+    pieces, helpers = [], []
+    try:
+        for start, size in ranges[1:]:
+            piece = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path_out)) or ".")
+            pieces.append(piece)
+            child_rows = copy.copy(rows)
+            child_rows.walker = copy.copy(walker)
+            child_rows.written, child_rows.token_counts = 0, Counter()
+            helpers.append(Background(_filter_range, child_rows, rows.path, start, size, piece.fileno()))
+        rows.copy(walker.walk_rows(fh, ranges[0][1]), out.write)
+        for (start, _size), helper, piece in zip(ranges[1:], helpers, pieces):
+            done = helper.result() if walker.in_particle_rows() and walker.block == block else None
+            if done is None:  # from here on, in order, in this process
+                fh.seek(start)
+                rows.copy(walker.walk_rows(fh), out.write)
+                return
+            written, token_counts, lines = done
+            rows.written += written
+            rows.token_counts.update(token_counts)
+            walker.lineno += lines
+            piece.seek(0)
+            shutil.copyfileobj(piece, out, 1 << 20)
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        for piece in pieces:
+            piece.close()

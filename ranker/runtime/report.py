@@ -57,29 +57,47 @@ def _colour(e) -> tuple:
 
 
 def _grid(entries: list[dict], cols: int, title: str, fonts, height: int | None = None):
-    """A page (PIL image) of tiles with labels."""
+    """A page (PIL image) of tiles, each with its first label line (class and score); the
+    lines that need the particle counts come from :func:`_count_labels`."""
     from PIL import Image, ImageDraw
 
-    cell_w, cell_h = max((PAGE_W - 40) // cols, TILE_PX + 40), TILE_PX + 52
+    cell_w, cell_h = _cell(cols)
     rows = max(1, -(-len(entries) // cols))
     page = Image.new("RGB", (max(PAGE_W, cols * cell_w + 40), height or (70 + rows * cell_h)), "white")
     draw = ImageDraw.Draw(page)
     draw.text((20, 20), title, fill="black", font=fonts[16])
     for i, e in enumerate(entries):
-        r, c = divmod(i, cols)
-        x, y = 20 + c * cell_w + (cell_w - TILE_PX) // 2, 60 + r * cell_h
+        x, y = _tile_corner(i, cols)
         colour = _colour(e)
         draw.rectangle([x - 4, y - 4, x + TILE_PX + 3, y + TILE_PX + 3], fill=colour)
         tile = Image.fromarray(_tile(e["image"])).resize((TILE_PX, TILE_PX), Image.NEAREST)
         page.paste(tile, (x, y))
         score = "not scored" if e["score"] is None else f"score {e['score']:.2f}"
-        res = f"{e['resolution_A']:.1f} A" if e["resolution_A"] else "res n/a"
-        lines = [f"#{e['class_number']}  {score}", f"{e['count']} ptcls, {res}"]
-        if not e["selected"]:
-            lines.append(e["reason"][:30])
-        for j, line in enumerate(lines):
-            draw.text((x - 4, y + TILE_PX + 6 + 13 * j), line, fill=colour if j != 1 else "black", font=fonts[11])
+        draw.text((x - 4, y + TILE_PX + 6), f"#{e['class_number']}  {score}", fill=colour, font=fonts[11])
     return page
+
+
+def _count_labels(page, entries: list[dict], cols: int, fonts) -> None:
+    """The tiles' second and third label lines: particles and resolution; why not selected."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(page)
+    for i, e in enumerate(entries):
+        x, y = _tile_corner(i, cols)
+        res = f"{e['resolution_A']:.1f} A" if e["resolution_A"] else "res n/a"
+        draw.text((x - 4, y + TILE_PX + 19), f"{e['count']} ptcls, {res}", fill="black", font=fonts[11])
+        if not e["selected"]:
+            draw.text((x - 4, y + TILE_PX + 32), e["reason"][:30], fill=_colour(e), font=fonts[11])
+
+
+def _cell(cols: int) -> tuple[int, int]:
+    return max((PAGE_W - 40) // cols, TILE_PX + 40), TILE_PX + 52
+
+
+def _tile_corner(i: int, cols: int) -> tuple[int, int]:
+    cell_w, cell_h = _cell(cols)
+    r, c = divmod(i, cols)
+    return 20 + c * cell_w + (cell_w - TILE_PX) // 2, 60 + r * cell_h
 
 
 def _summary(s: dict, scores: list[float], fonts):
@@ -126,19 +144,47 @@ def write_report(pdf_path: str, png_path: str, entries: list[dict], summary: dic
     ``summary``: ``particles_in``, ``particles_kept``, ``classes_in``, ``classes_kept``,
     ``classes_scored``, ``threshold``, ``threshold_text``, ``title``, ``model``.
     """
-    fonts = _fonts()
-    order = sorted(entries, key=lambda e: (e["score"] is None, -(e["score"] or 0), e["class_number"]))
-    chunks = [order[i:i + TILES_PER_PAGE] for i in range(0, len(order), TILES_PER_PAGE)] or [[]]
-    pages = [_summary(summary, [e["score"] for e in entries if e["score"] is not None], fonts)]
-    pages += [_grid(chunk, COLS, f"Classes by score, page {n} of {len(chunks)}", fonts, height=PAGE_H)
-              for n, chunk in enumerate(chunks, 1)]
-    with _named(pdf_path), open(pdf_path, "wb") as fh:
-        pages[0].save(fh, format="PDF", save_all=True, append_images=pages[1:], resolution=100.0)
-    shown = order[:PNG_TILES]
-    title = summary.get("title", "Ranked classes") + (f"  (best {PNG_TILES} of {len(order)}; all in logfile.pdf)"
-                                                      if len(order) > PNG_TILES else "")
-    with _named(png_path), open(png_path, "wb") as fh:
-        _grid(shown, 10, title, fonts).save(fh, format="PNG", compress_level=1)
+    ReportDraft(entries, summary).finish(pdf_path, png_path)
+
+
+class ReportDraft:
+    """The report drawn as far as it goes without the particles per class (tiles, scores,
+    frames), so that it can be drawn while particles.star is written, which counts them;
+    :meth:`finish` adds the counts (and what follows from them) and writes both files.
+    ``entries`` and ``summary`` as :func:`write_report`'s; ``count``, ``reason``,
+    ``particles_in`` and ``particles_kept`` may come later, in :meth:`finish`."""
+
+    def __init__(self, entries: list[dict], summary: dict):
+        self.fonts = fonts = _fonts()
+        self.entries, self.summary = entries, summary
+        self.order = sorted(entries, key=lambda e: (e["score"] is None, -(e["score"] or 0), e["class_number"]))
+        chunks = [self.order[i:i + TILES_PER_PAGE] for i in range(0, len(self.order), TILES_PER_PAGE)] or [[]]
+        self.pages = [(_grid(chunk, COLS, f"Classes by score, page {n} of {len(chunks)}", fonts, height=PAGE_H), chunk)
+                      for n, chunk in enumerate(chunks, 1)]
+        shown = self.order[:PNG_TILES]
+        title = summary.get("title", "Ranked classes") + (
+            f"  (best {PNG_TILES} of {len(self.order)}; all in logfile.pdf)" if len(self.order) > PNG_TILES else "")
+        self.png = (_grid(shown, 10, title, fonts), shown)
+
+    def finish(self, pdf_path: str, png_path: str, counts: dict | None = None, reason=None, **summary) -> None:
+        """Add the counts and write ``pdf_path`` and ``png_path``. ``counts``: class number ->
+        particles (else each entry's ``count``); ``reason``: entry -> why it was not selected
+        (else each entry's ``reason``); ``summary``: keys to add to the summary (particles_in,
+        particles_kept)."""
+        for e in self.entries:
+            if counts is not None:
+                e["count"] = counts.get(e["class_number"], 0)
+            if reason is not None:
+                e["reason"] = "" if e["selected"] else reason(e)
+        self.summary.update(summary)
+        for page, chunk in self.pages:
+            _count_labels(page, chunk, COLS, self.fonts)
+        _count_labels(self.png[0], self.png[1], 10, self.fonts)
+        first = _summary(self.summary, [e["score"] for e in self.entries if e["score"] is not None], self.fonts)
+        with _named(pdf_path), open(pdf_path, "wb") as fh:
+            first.save(fh, format="PDF", save_all=True, append_images=[p for p, _c in self.pages], resolution=100.0)
+        with _named(png_path), open(png_path, "wb") as fh:
+            self.png[0].save(fh, format="PNG", compress_level=1)
 
 
 @contextmanager
