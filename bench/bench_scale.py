@@ -37,21 +37,22 @@ AWK = ('BEGIN{c=0} /^data_particles/{p=1} p && /^_rlnClassNumber/{split($2,a,"#"
 
 
 def timed(cmd, cwd, stdout=None):
-    """(wall s, peak RSS MB, stdout text) of a command, from GNU time."""
-    full = ["/usr/bin/time", "-f", "TIME %e %M"] + cmd
+    """(wall s, peak RSS MB, stdout text, CPU s: user + system of the command and its children) of
+    a command, from GNU time."""
+    full = ["/usr/bin/time", "-f", "TIME %e %M %U %S"] + cmd
     with open(stdout, "wb") if stdout else open(os.devnull, "wb") as out:
         r = subprocess.run(full, cwd=cwd, stdout=out if stdout else subprocess.PIPE, stderr=subprocess.PIPE)
-    m = re.search(rb"TIME ([\d.]+) (\d+)", r.stderr)
+    m = re.search(rb"TIME ([\d.]+) (\d+) ([\d.]+) ([\d.]+)", r.stderr)
     if r.returncode != 0 or not m:
         raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.decode()[-400:]}")
-    return float(m[1]), int(m[2]) / 1024, (r.stdout or b"").decode()
+    return float(m[1]), int(m[2]) / 1024, (r.stdout or b"").decode(), float(m[3]) + float(m[4])
 
 
 def median(runs):
-    """(median wall, largest peak RSS, stdout of the median run) of timed() results."""
+    """(median wall, largest peak RSS, stdout of the median run, median CPU) of timed() results."""
     ordered = sorted(runs)
     mid = ordered[len(ordered) // 2]
-    return mid[0], max(r[1] for r in runs), mid[2]
+    return mid[0], max(r[1] for r in runs), mid[2], statistics.median(r[3] for r in runs)
 
 
 def make_job(path, particles, classes, box, angpix):
@@ -123,11 +124,11 @@ def main(argv=None) -> int:
     example = os.path.join(a.workdir, "example_class2d_sim")
     shutil.rmtree(example, ignore_errors=True)
     shutil.copytree(os.path.join(ROOT, "examples", "class2d_sim"), example)
-    ex_wall, ex_rss, _ = whole_job(exe, example, ["--in_parts", "Class2D/job002/run_it020_data.star"] + extra,
+    ex_wall, ex_rss, _, _ = whole_job(exe, example, ["--in_parts", "Class2D/job002/run_it020_data.star"] + extra,
                                    a.repeat)
     big = os.path.join(a.workdir, "n10000_300x400")
     make_job(big, 10000, 300, 400, 1.0)
-    wall, rss, out = whole_job(exe, big, ["--in_optimiser", OPT] + extra, a.repeat)
+    wall, rss, out, _ = whole_job(exe, big, ["--in_optimiser", OPT] + extra, a.repeat)
     stages = dict(re.findall(r" \+ ([^:]+): ([\d.]+) s", out))
     load_after = load()
 
@@ -142,6 +143,10 @@ def main(argv=None) -> int:
               + (f"{rel[0]:.2f} s / {rel[1]:.0f} MB | **{rel[0] / r['job'][0]:.2g}x**" if rel else "not installed | -")
               + f" | {r['subset'][0]:.2f} s / {r['subset'][1]:.0f} MB | {r['awk'][0]:.2f} s / {r['awk'][1]:.0f} MB"
               + (f" | {r['subset'][0] / r['awk'][0]:.2f}x |" if r["awk"][0] >= 0.1 else " | - |"))
+    for r in rows:
+        rel = r["relion"]
+        print(f"\nCPU time (user + system, all processes) at {r['n']:,} particles: our whole job {r['job'][3]:.2f} s"
+              + (f", relion_star_handler {rel[3]:.2f} s (ratio {rel[3] / r['job'][3]:.2g}x)" if rel else ""))
     print(f"\nexample project (examples/class2d_sim, 20 classes), whole job: {ex_wall:.2f} s, {ex_rss:.0f} MB")
     print(f"subset output byte-identical to awk's: {all(r['same_as_awk'] for r in rows)}")
     small, large = rows[0], rows[-1]
