@@ -222,11 +222,10 @@ class _Walker:
         (:func:`_count_plain`); anything unusual goes through :meth:`feed`. Rows are not
         checked here (:func:`write_selected` checks them)."""
         n, last = 0, None
-        for line in fh:
-            if self.feed(line) is not None and self.class_index >= 0:
-                n, last = n + 1, line
-                break  # first particle row seen: the rest goes in chunks
-        else:
+        for lines, tokens in self.walk_header(fh):
+            if tokens:
+                n, last = 1, lines[-1]
+        if not n:
             return n, last
         buf, carry = bytearray(CHUNK_BYTES), 0  # read into, reused; carry: bytes of an unfinished line
         while True:
@@ -388,10 +387,9 @@ def scan_particles(path: str | os.PathLike, abort: Callable[[], None] | None = N
                     last = lines[-1]
         elif n_rows is not None and n_rows > 0 and _ends_with_line_end(fh):
             header_only = True
-            for line in fh:
-                if walker.feed(line) is not None and walker.class_index >= 0:
-                    last = line
-                    break
+            for lines, tokens in walker.walk_header(fh):
+                if tokens:
+                    last = lines[-1]
             n_rows = n_rows if last is not None else 0
         else:
             n_rows, last = walker.count_rows(fh)
