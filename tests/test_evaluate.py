@@ -28,6 +28,11 @@ def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
     assert r["junk_kept_by_kind"] and abs(sum(r["junk_kept_by_kind"].values()) - 1) < 1e-9
     assert max(r["junk_kept_by_kind"], key=r["junk_kept_by_kind"].get) == "noise"  # both fixtures' junk class
     assert "junk that threshold 0.5 keeps but the oracle removes, by kind: noise" in evalmod.to_markdown(r)
+    by_kind = r["scores_by_kind"]  # every scored class kept at 0.9: each kind's classes all kept, mean 0.9
+    assert list(by_kind)[0] == "real" and "noise" in by_kind
+    assert all(f == 1.0 and m == pytest.approx(0.9) for _n, m, f in by_kind.values())
+    assert sum(n for n, _m, _f in by_kind.values()) == 27  # of the 28 non-empty classes, one has <= 10 particles
+    assert "noise " in evalmod.to_markdown(r).split("scores by the class's majority")[1]
     m = r["misses_by_purity"]  # the fixtures' junk classes are pure noise: all misses far from the cut
     assert m["junk_far"] > 0.99 and m["junk_near"] == 0 and m["true_near"] == m["true_far"] == 0
     # class2d_sim's only wrong decision is its junk class 7 (60 real of 1088): 968 of its 3850 particles

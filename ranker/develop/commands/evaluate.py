@@ -62,6 +62,7 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
     sums = {"0.5": {}, "auto": {}}
     missed = dict.fromkeys(JUNK_KINDS, 0.0)  # junk in classes the oracle removes but 0.5 keeps
     near = dict.fromkeys(("junk_near", "junk_far", "true_near", "true_far"), 0.0)  # misses at 0.5 by purity
+    by_kind: dict = {}  # majority kind ("real" for classes >= 50 % real) -> scores of its classes
     for project, by_class in scored.items():
         classes = class_truth_counts(project, ignore_kinds, target)
         numbers = sorted(classes)
@@ -77,6 +78,11 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
             elif not keep and pure >= 0.5:
                 near["true_near" if pure < 0.5 + NEAR_CUT else "true_far"] += t_k
         scored = s > -999
+        for k, score, pure, done in zip(numbers, s, purity, scored):
+            if done:
+                kinds = classes[k][2]
+                kind = "real" if pure >= 0.5 or not kinds else max(kinds, key=kinds.get)
+                by_kind.setdefault(kind, []).append(float(score))
         clear = scored & ((purity >= 0.8) | (purity <= 0.2))
         auc = roc_auc(s[clear], purity[clear] >= 0.8)
         row = {"job": project, "auc": auc, "n_good": int((clear & (purity >= 0.8)).sum()),
@@ -116,6 +122,8 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
         np.sqrt(np.average((ps[near_cut] - pp[near_cut]) ** 2, weights=pn[near_cut]))) if near_cut.any() else float("nan")}
     total_missed = sum(missed.values())
     result["junk_kept_by_kind"] = {k: v / total_missed for k, v in missed.items() if v}
+    result["scores_by_kind"] = {k: (len(v), float(np.mean(v)), float(np.mean(np.array(v) >= 0.5)))
+                                for k, v in sorted(by_kind.items(), key=lambda kv: (kv[0] != "real", kv[0]))}
     oracle_junk, oracle_true = sums["0.5"]["oracle_junk_removed"], sums["0.5"]["oracle_true_kept"]
     result["misses_by_purity"] = {k: v / max(oracle_junk if k.startswith("junk") else oracle_true, 1)
                                   for k, v in near.items()}
@@ -167,6 +175,10 @@ def to_markdown(r: dict) -> str:
                    f"classes {lo}-50 % real (near the cut) {100 * m['junk_near']:.1f} %, in classes < {lo} % real "
                    f"{100 * m['junk_far']:.1f} %; real lost in classes 50-{hi} % real {100 * m['true_near']:.1f} %, in "
                    f"classes >= {hi} % real {100 * m['true_far']:.1f} %")
+    if r.get("scores_by_kind"):
+        out.append("- scores by the class's majority (real: >= 50 % real particles, else its commonest junk kind): "
+                   + "; ".join(f"{k} {n} classes, mean {m:.2f}, {100 * f:.0f} % kept at 0.5"
+                               for k, (n, m, f) in r["scores_by_kind"].items()))
     e = r.get("near_cut_error")
     if e and e["classes"]:
         out.append(f"- score - purity on classes {int(100 * (0.5 - NEAR_CUT))}-{int(100 * (0.5 + NEAR_CUT))} % real "
