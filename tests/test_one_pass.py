@@ -57,3 +57,41 @@ def test_particles_star_written_by_several_processes_is_the_same(sim_project, te
             open(os.path.join("three_processes", name), "rb").read(), name
     assert [l for l in one.splitlines() if l.startswith("Selected ")] == \
         [l for l in three.splitlines() if l.startswith("Selected ")]
+
+
+def test_report_gets_the_counted_particles_in_either_pass(sim_project, test_model, capsys, monkeypatch, tmp_path):
+    """The report is drawn while particles.star is written; the particles per class it labels
+    its tiles with (and its summary's totals) are those data.star holds, whether they were
+    counted before (--select_min_nr_particles) or by that very pass (handed over afterwards)."""
+    import json
+    from collections import Counter
+
+    from ranker.runtime import report
+
+    finish = report.ReportDraft.finish
+
+    def recorded(self, pdf_path, png_path, counts=None, reason=None, **summary):  # runs in the report's process
+        finish(self, pdf_path, png_path, counts=counts, reason=reason, **summary)
+        with open(tmp_path / f"report_{len(os.listdir(tmp_path))}.json", "w") as fh:
+            json.dump({"tiles": {e["class_number"]: e["count"] for e in self.entries},
+                       "reasons": {e["class_number"]: e["reason"] for e in self.entries},
+                       "in": self.summary["particles_in"], "kept": self.summary["particles_kept"]}, fh)
+
+    monkeypatch.setattr(report.ReportDraft, "finish", recorded)
+    labels, rows = [], []
+    for line in open(SIM_DATA):
+        if line.startswith("data_"):
+            labels = []
+        elif line.startswith("_rln"):
+            labels.append(line.split()[0][1:])
+        elif "@" in line:
+            rows.append(line.split())
+    truth = Counter(int(r[labels.index("rlnClassNumber")]) for r in rows)
+    for extra in ([], ["--select_min_nr_particles", "1"]):
+        out = _run(["--model", test_model, "--min_score", "0.5"] + extra, f"keep{len(extra)}", capsys)
+        kept = int(next(line for line in out.splitlines() if line.startswith("Selected ")).split("; ")[1].split()[0])
+        assert list(tmp_path.glob("report_*.json")), (os.listdir(tmp_path), out[-2000:])
+        done = json.load(open(sorted(tmp_path.glob("report_*.json"))[-1]))
+        assert {int(k): v for k, v in done["tiles"].items() if v} == dict(truth), extra
+        assert done["in"] == len(rows) and done["kept"] == kept, extra
+        assert all(r == "empty class" for k, r in done["reasons"].items() if int(k) not in truth)
