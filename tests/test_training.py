@@ -66,11 +66,21 @@ def test_fine_tune_from_user_selection(tmp_path, monkeypatch):
     out = str(tmp_path / "tuned.pt")
     r = load_model(base, device="cpu")  # give the starting model a job context: fine-tuning keeps it
     from ranker.runtime.model import save_model
-    save_model(r.members, base, r.card, image_norm=r.image_norm, job_context=[0.5, 0.6, 0.8])
+    save_model(r.members, base, r.card, image_norm=r.image_norm, job_context=[0.5, 0.6, 0.8], logit_shift=-0.25)
     assert develop(["train", "--init", base, "--selection_list", "past.txt", "--out", out, "--epochs", "2",
                           "--threads", "1"]) == 0
     tuned = load_model(out, device="cpu")
-    assert tuned.card["init"] == base and tuned.job_context == [0.5, 0.6, 0.8]
+    assert tuned.card["init"] == base and tuned.job_context == [0.5, 0.6, 0.8] and tuned.logit_shift == -0.25
+    # --train_layers head: the convolutions stay the starting model's, the image vector and classifier learn
+    head = str(tmp_path / "head.pt")
+    assert develop(["train", "--init", base, "--selection_list", "past.txt", "--out", head, "--epochs", "2",
+                    "--threads", "1", "--train_layers", "head", "--lr", "0.01"]) == 0
+    before, after = load_model(base, device="cpu").members[0].state_dict(), \
+        load_model(head, device="cpu").members[0].state_dict()
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        assert same == name.startswith("cnn_layers."), name
+    assert load_model(head, device="cpu").card["train_layers"] == "head"
 
 
 def test_job_context_fit_uses_the_users_selection_where_counts_are_unknown():

@@ -121,6 +121,9 @@ def best_threshold(scores, data: LabelledClasses, mask, lo: float = 0.2, hi: flo
     return float(min((t for t, a in zip(cuts, acc) if a >= best - 1e-12), key=lambda t: abs(t - 0.5)))
 
 
+TRAIN_LAYERS = ("all", "head")
+
+
 def calibrate(data: LabelledClasses, train_mask, folds: int, seed: int, log=print, oof_out: str = "",
               **train_kwargs):
     """Out-of-fold calibration of the 0.5 threshold: ``folds`` networks, each trained on the
@@ -172,12 +175,15 @@ def epoch_score(entry: dict) -> float:
 def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weight_decay=1e-4, batch=64,
           dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print,
           weight_by_particles: bool = False, keep_epoch: str = "last", balance_kinds: bool = False,
-          image_norm: str = "none", init_member: int = 0):
+          image_norm: str = "none", init_member: int = 0, train_layers: str = "all"):
     """Train; returns (net, history). ``keep_epoch`` "last" keeps the final weights (the
     learning rate has decayed to ~0 by then); "best" keeps the epoch with the best
     validation score (:func:`epoch_score`), which is only as reliable as the validation set
     is large. ``image_norm``: how images enter the network (:func:`ranker.model.network_images`).
-    ``init_member``: which network of an ``init`` ensemble to start from (modulo its size)."""
+    ``init_member``: which network of an ``init`` ensemble to start from (modulo its size).
+    ``train_layers``: "all", or "head" (fine-tuning: the convolutions stay as ``init`` has them, in
+    evaluation mode, and only the image vector and the classifier learn; fewer weights to fit to a
+    small set of jobs)."""
     import torch
     from ranker.runtime.model import build_net, load_model, network_images
 
@@ -195,13 +201,21 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
     w = torch.from_numpy(sample_weights(data, weight_by_particles, balance_kinds))
     tr = np.nonzero(train_mask)[0]
     va = np.nonzero(val_mask)[0]
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if train_layers not in TRAIN_LAYERS:
+        raise ValueError(f"train_layers {train_layers!r}: one of {', '.join(TRAIN_LAYERS)}")
+    frozen = net.cnn_layers if train_layers == "head" else None
+    if frozen is not None:
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     gen = torch.Generator().manual_seed(seed)
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     best, best_state, history = -1.0, None, []
     for epoch in range(epochs):
         net.train()
+        if frozen is not None:
+            frozen.eval()  # no dropout in layers that do not learn
         order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
         total = 0.0
         for s in range(0, len(order), batch):
@@ -281,6 +295,9 @@ def add_args(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val_fraction", type=float, default=0.2, help="for jobs with no split mark")
     p.add_argument("--tta", action="store_true", help="score with the mean over 8 rotations/flips")
+    p.add_argument("--train_layers", choices=TRAIN_LAYERS, default="all",
+                   help="all, or head: with --init, the convolutions stay as they are and only the image vector "
+                        "and the classifier learn (fewer weights for a small set of jobs)")
     p.add_argument("--keep_epoch", choices=["last", "best"], default="last",
                    help="weights of the last epoch, or of the best validation epoch")
     p.add_argument("--balance_kinds", action="store_true",
@@ -330,18 +347,21 @@ def main(args) -> int:
         net, history = train(data, train_mask, val_mask, args.epochs, args.lr, args.weight_decay, args.batch,
                              args.dropout, args.seed + member, args.init, args.threads, args.device,
                              weight_by_particles=args.weight_by_particles, keep_epoch=args.keep_epoch,
-                             balance_kinds=args.balance_kinds, image_norm=args.image_norm, init_member=member)
+                             balance_kinds=args.balance_kinds, image_norm=args.image_norm, init_member=member,
+                             train_layers=args.train_layers)
         nets.append(net)
         histories.append(history)
     history = histories[0]
-    calibration, logit_shift = {}, 0.0
-    job_context = start.job_context if args.init else None  # fine-tuning keeps it unless refitted
+    calibration = {}
+    # fine-tuning keeps the starting model's calibration and job context unless they are refitted
+    logit_shift = start.logit_shift if args.init else 0.0
+    job_context = start.job_context if args.init else None
     if args.calibrate_folds > 1:
         logit_shift, t, before, after, oof = calibrate(
             data, train_mask, args.calibrate_folds, args.seed, epochs=args.epochs, lr=args.lr,
             weight_decay=args.weight_decay, batch=args.batch, dropout=args.dropout, threads=args.threads,
             device=args.device, weight_by_particles=args.weight_by_particles, balance_kinds=args.balance_kinds,
-            image_norm=args.image_norm, init=args.init, oof_out=args.oof_out)
+            image_norm=args.image_norm, init=args.init, oof_out=args.oof_out, train_layers=args.train_layers)
         calibration = {"folds": args.calibrate_folds, "threshold": t, "logit_shift": logit_shift,
                        "oof_decision_at_0.5": before, "oof_decision_at_threshold": after}
         if args.job_context:
@@ -360,7 +380,7 @@ def main(args) -> int:
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
             "weight_by_particles": args.weight_by_particles, "target": args.target,
-            "balance_kinds": args.balance_kinds, "tta": args.tta,
+            "balance_kinds": args.balance_kinds, "tta": args.tta, "train_layers": args.train_layers,
             "image_norm": args.image_norm, "ensemble": args.ensemble, "calibration": calibration,
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
             "n_train_jobs": len(set(np.array(data.job)[train_mask])),
