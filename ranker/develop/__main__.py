@@ -26,7 +26,7 @@ def main(argv=None) -> int:
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_args(parsers[name])
     args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]  # the arguments after the command's name
     try:
         return modules[args.command].main(args) or 0
     except UsageError as exc:
