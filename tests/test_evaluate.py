@@ -88,3 +88,15 @@ def test_detail_target_counts_a_featureless_class_of_real_particles_as_junk(tmp_
     assert r["0.5"]["regret"] == pytest.approx((1088 - 120 + 262) / 3850)
     assert r["purity_only"]["regret"] == pytest.approx((1088 - 120) / 3850)
     assert "Purity only" in evalmod.to_markdown(r)
+
+
+def test_shipped_model_on_the_real_micrograph_job():
+    """The real EMPIAR-10017 job (evaluation only): the issue's AUC target (>= 0.95) is met; the regret target
+    (<= 2 %) is not: v4 makes v3's decisions at 0.5 there (6.51 %, its largest class scoring 0.497). A guard
+    against a model that does worse, with the figures README.md and the model card quote."""
+    from conftest import DATA
+
+    r = evalmod.evaluate([f"{DATA}/real_empiar10017"], log=lambda *a: None)
+    assert r["pooled_auc"] >= 0.95
+    assert r["0.5"]["regret"] <= 0.0652 and r["auto"]["regret"] <= 0.003
+    assert r["near_cut_error"]["rms_weighted"] <= 0.11  # v3: 0.346
