@@ -480,7 +480,7 @@ def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, sele
     # without per-class counts from scan_particles (its fast pass only counts rows), this pass
     # counts the classes and checks every optics group: tokens are then (class, optics) pairs
     walker = _Walker(path_in, abort, with_optics=counts is not None)
-    rows = _RowFilter(path_in, selected_classes, walker)
+    rows = _RowFilter(path_in, selected_classes, walker, count=counts is not None)
     with _open(path_in) as fh, open(path_out, "wb", buffering=1 << 20) as out:
         rows.copy(walker.walk_header(fh), out.write)
         if walker.in_particle_rows():
@@ -498,11 +498,11 @@ def write_selected(path_in: str | os.PathLike, path_out: str | os.PathLike, sele
 
 
 class _RowFilter:
-    """Keeps the selected classes' rows of what a :class:`_Walker` yields, counting them and
-    (the tokens) every class."""
+    """Keeps the selected classes' rows of what a :class:`_Walker` yields, counting them and,
+    with ``count``, (the tokens of) every class."""
 
-    def __init__(self, path: str, selected_classes, walker: _Walker):
-        self.path, self.walker = path, walker
+    def __init__(self, path: str, selected_classes, walker: _Walker, count: bool = True):
+        self.path, self.walker, self.count = path, walker, count
         self.wanted = set(int(k) for k in selected_classes)
         self.keep: dict[bytes, bool] = {}
         self.token_counts: Counter = Counter()
@@ -520,7 +520,8 @@ class _RowFilter:
             flags = list(map(keep.__getitem__, tokens))
             write(b"".join(itertools.compress(lines, flags)))
             self.written += sum(flags)
-            self.token_counts.update(tokens)
+            if self.count:
+                self.token_counts.update(tokens)
 
 
 def _line_ranges(fh, workers: int) -> list[tuple[int, int]]:
