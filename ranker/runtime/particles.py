@@ -578,9 +578,7 @@ def _write_ranges(fh, out, rows: _RowFilter, ranges, path_out) -> None:
         for start, size in ranges[1:]:
             piece = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path_out)) or ".")
             pieces.append(piece)
-            child_rows = copy.copy(rows)
-            child_rows.walker = copy.copy(walker)
-            child_rows.written, child_rows.token_counts = 0, Counter()
+            child_rows = _RowFilter(rows.path, rows.wanted, copy.copy(walker), rows.count)  # (in the walker's state)
             helpers.append(Background(_filter_range, child_rows, rows.path, start, size, piece.fileno()))
         rows.copy(walker.walk_rows(fh, ranges[0][1]), out.write)
         for (start, _size), helper, piece in zip(ranges[1:], helpers, pieces):
