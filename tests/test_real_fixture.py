@@ -1,6 +1,7 @@
-"""The real-image evaluation fixture ``tests/data/real_empiar10017`` is consistent and the job runs on it.
+"""The real-image evaluation fixtures ``tests/data/real_empiar10017`` and ``..._b`` are consistent and the job
+runs on them.
 
-The fixture is a relion_refine Class2D job of real EMPIAR-10017 particles (evaluation data only: see its
+Each fixture is a relion_refine Class2D job of real EMPIAR-10017 particles (evaluation data only: see its
 README.md) with a truth by pick provenance; ``python -m ranker.develop evaluate`` reads it. These tests
 check that its truth agrees with the Class2D job it describes and that the External job runs on it
 without the particle stacks (which are not shipped).
@@ -19,30 +20,33 @@ from conftest import ROOT
 from ranker.develop.truth import KINDS, read_class_truth
 from ranker.runtime.star import read_star
 
-FIXTURE = os.path.join(ROOT, "tests", "data", "real_empiar10017")
-
-pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE),
-                                reason="tests/data/real_empiar10017 missing (built by python -m ranker.develop "
-                                       "real_fixture)")
+FIXTURES = [os.path.join(ROOT, "tests", "data", name) for name in ("real_empiar10017", "real_empiar10017_b")]
 
 
-def _data_star():
-    found = sorted(glob.glob(os.path.join(FIXTURE, "Class2D", "job002", "run_it*_data.star")))
+@pytest.fixture(params=FIXTURES, ids=os.path.basename)
+def fixture_dir(request):
+    if not os.path.isdir(request.param):
+        pytest.fail(f"{request.param} missing (built by python -m ranker.develop real_fixture; see its README)")
+    return request.param
+
+
+def _data_star(fixture):
+    found = sorted(glob.glob(os.path.join(fixture, "Class2D", "job002", "run_it*_data.star")))
     assert len(found) == 1, f"expected one final iteration in the fixture, found {found}"
     return found[0]
 
 
-def test_class_truth_counts_equal_data_star():
-    particles = read_star(_data_star())["particles"]
+def test_class_truth_counts_equal_data_star(fixture_dir):
+    particles = read_star(_data_star(fixture_dir))["particles"]
     per_class = Counter(int(c) for c in particles.column("rlnClassNumber"))
-    rows = read_class_truth(FIXTURE)
-    model = read_star(_data_star().replace("_data.star", "_model.star"))["model_classes"]
+    rows = read_class_truth(fixture_dir)
+    model = read_star(_data_star(fixture_dir).replace("_data.star", "_model.star"))["model_classes"]
     assert [r["class_number"] for r in rows] == list(range(1, len(model.rows) + 1))
     for r in rows:
         assert r["n_particles"] == per_class.get(r["class_number"], 0)
         assert r["n_good"] + sum(r[f"n_{k}"] for k in KINDS[1:]) == r["n_particles"]
     # every particle of data.star has a kind in truth.csv, and the kinds add up
-    with open(os.path.join(FIXTURE, "truth.csv"), newline="") as fh:
+    with open(os.path.join(fixture_dir, "truth.csv"), newline="") as fh:
         truth = {r["rlnImageName"]: r["kind"] for r in csv.DictReader(fh)}
     names = particles.column("rlnImageName")
     assert len(truth) == len(names) and set(names) == set(truth)
@@ -53,19 +57,19 @@ def test_class_truth_counts_equal_data_star():
         assert kinds[k] == sum(r[f"n_{k}"] for r in rows)
 
 
-def test_job_runs_and_writes_particles_star(tmp_path):
+def test_job_runs_and_writes_particles_star(tmp_path, fixture_dir):
     proj = tmp_path / "proj"
-    shutil.copytree(FIXTURE, proj)
-    data = os.path.relpath(_data_star(), FIXTURE)
+    shutil.copytree(fixture_dir, proj)
+    data = os.path.relpath(_data_star(fixture_dir), fixture_dir)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "relion_external_rank.py"), "--o", "External/job003/",
                         "--in_parts", data], cwd=proj, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     out = proj / "External" / "job003"
     assert (out / "RELION_JOB_EXIT_SUCCESS").exists()
     kept = read_star(str(out / "particles.star"))["particles"].column("rlnImageName")
-    assert set(kept) <= set(read_star(_data_star())["particles"].column("rlnImageName"))
+    assert set(kept) <= set(read_star(_data_star(fixture_dir))["particles"].column("rlnImageName"))
     scores = read_star(str(out / "rank_model.star"))["model_classes"].float_column("rlnClassScore")
-    assert len(scores) == len(read_class_truth(FIXTURE))
+    assert len(scores) == len(read_class_truth(fixture_dir))
 
 
 def test_pick_centres_recovers_overlapping_discs():
