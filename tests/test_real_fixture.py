@@ -1,4 +1,4 @@
-"""The real-image evaluation fixtures ``tests/data/real_empiar10017`` and ``..._b`` are consistent and the job
+"""The real-image evaluation fixtures ``tests/data/real_empiar10017``, ``..._b`` and ``..._c`` are consistent and the job
 runs on them.
 
 Each fixture is a relion_refine Class2D job of real EMPIAR-10017 particles (evaluation data only: see its
@@ -20,7 +20,7 @@ from conftest import ROOT
 from ranker.develop.truth import KINDS, read_class_truth
 from ranker.runtime.star import read_star
 
-FIXTURES = [os.path.join(ROOT, "tests", "data", name) for name in ("real_empiar10017", "real_empiar10017_b")]
+FIXTURES = [os.path.join(ROOT, "tests", "data", name) for name in ("real_empiar10017", "real_empiar10017_b", "real_empiar10017_c")]
 
 
 @pytest.fixture(params=FIXTURES, ids=os.path.basename)
