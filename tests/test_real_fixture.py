@@ -1,5 +1,5 @@
-"""The real-image evaluation fixtures ``tests/data/real_empiar10017``, ``..._b`` and ``..._c`` are consistent and the job
-runs on them.
+"""The real-image evaluation fixtures ``tests/data/real_empiar10017``, ``..._b`` and ``..._c`` are consistent
+and the job runs on them.
 
 Each fixture is a relion_refine Class2D job of real EMPIAR-10017 particles (evaluation data only: see its
 README.md) with a truth by pick provenance; ``python -m ranker.develop evaluate`` reads it. These tests
