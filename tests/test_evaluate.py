@@ -90,13 +90,17 @@ def test_detail_target_counts_a_featureless_class_of_real_particles_as_junk(tmp_
     assert "Purity only" in evalmod.to_markdown(r)
 
 
-def test_shipped_model_on_the_real_micrograph_job():
-    """The real EMPIAR-10017 job (evaluation only): the issue's AUC target (>= 0.95) is met; the regret target
-    (<= 2 %) is not: v4 makes v3's decisions at 0.5 there (6.51 %, its largest class scoring 0.497). A guard
-    against a model that does worse, with the figures README.md and the model card quote."""
+def test_shipped_model_on_the_real_micrograph_jobs():
+    """The three real EMPIAR-10017 jobs (evaluation only): the issue's AUC target (>= 0.95) is met; the regret target
+    (<= 2 %) is met with ``--min_score auto`` (1.14 %) but not at 0.5 (2.60 % pooled: 6.51 % on the first job, whose
+    largest class, 66 % real, scores 0.497; 0.54 % and 0.67 % on the other two). A guard against a model that does
+    worse, with the figures README.md and the model card quote (v3: 7.35 %, near-cut RMS 0.232)."""
     from conftest import DATA
 
-    r = evalmod.evaluate([f"{DATA}/real_empiar10017"], log=lambda *a: None)
+    jobs = [f"{DATA}/real_empiar10017", f"{DATA}/real_empiar10017_b", f"{DATA}/real_empiar10017_c"]
+    r = evalmod.evaluate(jobs, log=lambda *a: None)
     assert r["pooled_auc"] >= 0.95
-    assert r["0.5"]["regret"] <= 0.0652 and r["auto"]["regret"] <= 0.003
-    assert r["near_cut_error"]["rms_weighted"] <= 0.11  # v3: 0.346
+    assert r["0.5"]["regret"] <= 0.0261 and r["auto"]["regret"] <= 0.0115
+    assert r["near_cut_error"]["rms_weighted"] <= 0.074
+    first = evalmod.evaluate(jobs[:1], log=lambda *a: None)
+    assert first["0.5"]["regret"] <= 0.0652 and first["auto"]["regret"] <= 0.003
