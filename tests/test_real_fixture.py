@@ -3,7 +3,7 @@ and the job runs on them.
 
 Each fixture is a relion_refine Class2D job of real EMPIAR-10017 particles (evaluation data only: see its
 README.md) with a truth by pick provenance; ``python -m ranker.develop evaluate`` reads it. These tests
-check that its truth agrees with the Class2D job it describes and that the External job runs on it
+check that each one's truth agrees with the Class2D job it describes and that the External job runs on it
 without the particle stacks (which are not shipped).
 """
 import csv
@@ -69,7 +69,16 @@ def test_job_runs_and_writes_particles_star(tmp_path, fixture_dir):
     kept = read_star(str(out / "particles.star"))["particles"].column("rlnImageName")
     assert set(kept) <= set(read_star(_data_star(fixture_dir))["particles"].column("rlnImageName"))
     scores = read_star(str(out / "rank_model.star"))["model_classes"].float_column("rlnClassScore")
-    assert len(scores) == len(read_class_truth(fixture_dir))
+    rows = read_class_truth(fixture_dir)
+    assert len(scores) == len(rows)
+    # the shipped model keeps every clean class (>= 80 % real, scored: more than 10 particles) of these real jobs,
+    # and particles.star holds all their particles
+    clean = {r["class_number"] for r in rows if r["n_particles"] > 10 and r["n_good"] >= 0.8 * r["n_particles"]}
+    assert clean and all(scores[c - 1] >= 0.5 for c in clean)
+    data = read_star(_data_star(fixture_dir))["particles"]
+    in_clean = {name for name, c in zip(data.column("rlnImageName"), data.column("rlnClassNumber"))
+                if int(c) in clean}
+    assert in_clean <= set(kept)
 
 
 def test_pick_centres_recovers_overlapping_discs():
