@@ -1,7 +1,7 @@
 """RELION's selection rules, with working relative thresholds."""
 import pytest
 
-from ranker.runtime.selection import select_classes
+from ranker.runtime.selection import near_threshold, select_classes
 
 
 def test_threshold_window_is_inclusive():
@@ -46,3 +46,10 @@ def test_max_score_excludes():
 def test_nothing_scored():
     s = select_classes({}, {1: 5}, 0.5, 999, 100, 3)
     assert s.selected == [] and s.n_particles == 0
+
+
+def test_near_threshold_names_the_classes_a_small_score_error_would_flip():
+    scores = {1: 0.9, 2: 0.54, 3: 0.497, 4: 0.44, 5: 0.2, 6: 0.56}
+    assert near_threshold(scores, 0.5) == [2, 3]  # highest score first; 0.44 and 0.56 lie 0.06 away
+    assert near_threshold(scores, 0.3, margin=0.11) == [5]
+    assert near_threshold({}, 0.5) == [] and near_threshold({1: 0.9}, 0.5) == []

@@ -132,6 +132,7 @@ def run_stages(opts: Options, jobdir: JobDir, log: Log, started: list, inbox, jo
     scores, raw_scores, model_path = score_classes(job, fs, started[0], cnn, inbox, opts.job_context, log)
     stage_done("scores")
     sel, threshold_text = apply_selection_rules(opts, scores, raw_scores, parts, log)
+    note_uncertain_decisions(job, scores, sel, log)
     stage_done("selection", poll_abort=False)
 
     # the report is drawn while particles.star is written; where that pass counts the classes,
@@ -364,6 +365,24 @@ def apply_selection_rules(opts: Options, scores: dict, raw_scores, parts, log: L
         threshold_text += f" x best score = {sel.min_score:.3f} (relative)"
         log(f"  relative thresholds: keep scores in [{sel.min_score:.3f}, {sel.max_score:.3f}]")
     return sel, threshold_text
+
+
+def note_uncertain_decisions(job, scores: dict, sel, log: Log) -> None:
+    """One run.out line naming the classes scored within NEAR_THRESHOLD of the threshold, kept or not,
+    with their share of the particles (model.star's class distribution): where the model's errors lie,
+    for a user who checks the selection by hand (interactive Select on rank_optimiser.star)."""
+    from .selection import NEAR_THRESHOLD, near_threshold
+
+    near = near_threshold(scores, sel.min_score)
+    if not near:
+        return
+    share = {c.class_number: c.distribution for c in job.classes}
+    chosen = set(sel.selected)
+    listed = ", ".join(f"{k} ({scores[k]:.3f}, {'kept' if k in chosen else 'rejected'})" for k in near)
+    log(f"  {len(near)} class(es) scored within {NEAR_THRESHOLD:g} of the threshold {sel.min_score:.3f}, with "
+        f"{100.0 * sum(share.get(k, 0.0) for k in near):.1f} % of the particles: {listed}. These are the decisions "
+        f"a small error in the score reverses; to check them, open rank_optimiser.star in an interactive Select "
+        f"(sorted on rlnClassScore).")
 
 
 def copy_rank_data(jobdir: JobDir, job) -> None:
