@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-# Score units. On the three real-micrograph evaluation jobs every class the shipped model (v4) decided unlike
-# the class-level oracle scored within 0.04 of the 0.5 threshold (models/MODEL_CARD.md, "After v4").
+# Score units. On the three real-micrograph evaluation jobs every scored class the shipped model (v4) decided
+# unlike the class-level oracle scored within 0.04 of the 0.5 threshold (models/MODEL_CARD.md, "After v4").
 NEAR_THRESHOLD = 0.05
 
 
