@@ -44,6 +44,30 @@ def test_unknown_junk_kind_is_refused():
     assert not os.path.exists("/nonexistent")
 
 
+def test_only_rebuilds_the_named_jobs_with_their_specs(tmp_path, monkeypatch):
+    import ranker.develop.simulate.corpus as corpus
+
+    built = []
+
+    def fake_build(spec, tmp, log=print, relion_timeout=900, keep=False):
+        built.append(spec)
+        os.makedirs(tmp)
+        return {"class_summary": dict(good=0, bad=0, mixed=0, empty=0), "seconds_total": 0.0}
+
+    monkeypatch.setattr(corpus, "build_project", fake_build)
+    corpus.run_many(str(tmp_path / "c"), 40, None, 7, (), 130, only=[13, 3, 13], log=lambda m: None)
+    assert [s["seed"] for s in built] == [sample_spec(i, 7, {}, budget=130)["seed"] for i in (3, 13)]
+    assert built == [dict(sample_spec(i, 7, {}, budget=130), classifier="relion") for i in (3, 13)]
+    assert sorted(os.listdir(tmp_path / "c")) == ["failed", "job0003", "job0013"]
+
+
+def test_bad_only_is_refused():
+    r = subprocess.run([sys.executable, "-m", "ranker.develop", "corpus", "/nonexistent", "--only", "3,x"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "--only" in r.stderr
+    assert not os.path.exists("/nonexistent")
+
+
 @pytest.mark.parametrize("shape", PSEUDO_SHAPES)
 def test_pseudo_models_have_their_size(shape):
     xyz, w = pseudo_model(shape, 1500, np.random.default_rng(3))

@@ -173,6 +173,11 @@ class _Walker:
         """Whether the last line fed was a particle row (or a line among them)."""
         return self.class_index >= 0 and self.state == "rows"
 
+    def in_rows_of(self, block: str) -> bool:
+        """Whether the last line fed was a particle row of the data block named ``block`` (a
+        range of rows walked from there has not left that block's particle table)."""
+        return self.in_particle_rows() and self.block == block
+
     def walk_rows(self, fh, size: int | None = None):
         """The lines from ``fh``'s position on (``size``: only that many bytes, ending at a
         line end), plain particle rows a chunk at a time, anything else line by line."""
@@ -558,7 +563,7 @@ def _filter_range(rows: _RowFilter, path_in: str, start: int, size: int, out_fd:
             rows.copy(walker.walk_rows(fh, size), out.write)
     except StarError:
         return None
-    if not walker.in_particle_rows() or walker.block != block:
+    if not walker.in_rows_of(block):
         return None
     return rows.written, rows.token_counts, walker.lineno - lines_before
 
@@ -582,7 +587,7 @@ def _write_ranges(fh, out, rows: _RowFilter, ranges, path_out) -> None:
             helpers.append(Background(_filter_range, child_rows, rows.path, start, size, piece.fileno()))
         rows.copy(walker.walk_rows(fh, ranges[0][1]), out.write)
         for (start, _size), helper, piece in zip(ranges[1:], helpers, pieces):
-            done = helper.result() if walker.in_particle_rows() and walker.block == block else None
+            done = helper.result() if walker.in_rows_of(block) else None
             if done is None:  # from here on, in order, in this process
                 fh.seek(start)
                 rows.copy(walker.walk_rows(fh), out.write)

@@ -20,6 +20,10 @@ def add_args(p) -> None:
     p.add_argument("--summary", action="store_true", help="only print the corpus's progress and class counts")
     p.add_argument("--jobs", action="store_true", help="with --summary: one line per job")
     p.add_argument("--n", type=int, default=60, help="number of jobs (job0001..)")
+    p.add_argument("--only", default="",
+                   help="comma-separated job numbers to build, e.g. 1,13,21 (default all of 1..N): jobs are drawn "
+                        "from (seed, job number) alone, so this rebuilds chosen jobs of a corpus with the same spec "
+                        "(relion_refine's own random seed is not fixed: classes differ in detail)")
     p.add_argument("--structures", default="", help="directory made by the 'structures' command")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--heldout", default="8,28,48", help="job numbers that use 4JSV (split heldout)")
@@ -54,8 +58,15 @@ def main(a) -> int:
     if bad:
         raise UsageError(f"--junk_kinds: unknown kind(s) {','.join(bad)}; known: {','.join(JUNK_KINDS)}")
     held = tuple(int(v) for v in a.heldout.split(",") if v)
+    try:
+        only = [int(v) for v in a.only.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--only: expected comma-separated job numbers, got {a.only!r}") from None
+    if any(v < 1 for v in only):
+        raise UsageError(f"--only: job numbers start at 1, got {a.only!r}")
     run_many(a.corpus, a.n, a.structures or None, a.seed, held, a.budget, a.relion_timeout,
              a.retry_failed, a.stop_after_hours * 3600 if a.stop_after_hours else None,
              log=lambda m: print(m, flush=True), snr_range=tuple(a.snr_range),
-             junk_kinds=kinds or None, classifier=a.classifier, recipe=a.recipe, keep=a.keep)
+             junk_kinds=kinds or None, classifier=a.classifier, recipe=a.recipe, keep=a.keep,
+             only=only or None)
     return 0

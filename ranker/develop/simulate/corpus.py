@@ -209,8 +209,11 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
 
 def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48), budget=None,
              relion_timeout=900, retry_failed=False, stop_after_s=None, log=print, snr_range=(0.03, 0.3),
-             junk_kinds=None, classifier="relion", recipe="v3", keep=False):
+             junk_kinds=None, classifier="relion", recipe="v3", keep=False, only=None):
     """Build jobs CORPUS/job0001..jobNNNN one at a time (skipping finished or failed ones).
+
+    ``only``: job numbers to build instead of 1..n (each job's spec depends on its number and
+    ``base_seed`` alone, so this rebuilds chosen jobs of an earlier corpus).
 
     A job is built in CORPUS/jobNNNN.tmp and renamed when complete; a crash removes it and
     writes CORPUS/failed/jobNNNN.log. ``classifier``: "relion" (relion_refine) or "quick"
@@ -225,7 +228,7 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
     log(f"corpus {corpus}: {n} jobs, structures: {', '.join(sorted(structures)) or 'none (pseudo only)'}")
     t_all = time.time()
     os.makedirs(os.path.join(corpus, "failed"), exist_ok=True)
-    for idx in range(1, n + 1):
+    for idx in (sorted(set(only)) if only else range(1, n + 1)):
         if stop_after_s and time.time() - t_all > stop_after_s:
             log("time limit reached")
             break
