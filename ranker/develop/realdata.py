@@ -32,7 +32,6 @@ EMPIAR-10017 pixels are evaluation data only: nothing here trains, calibrates or
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -46,6 +45,7 @@ from scipy import ndimage as ndi
 from scipy import signal
 from scipy.spatial import cKDTree
 
+from ranker.develop.truth import read_particle_truth, write_particle_truth
 from ranker.runtime.mrc import read_mrc, write_mrc
 from ranker.runtime.star import format_block, read_star, write_star
 
@@ -557,10 +557,7 @@ def build(realdata_dir: str, out_dir: str, bin_factor: float = 2.0, box_px: int 
         raise RuntimeError(f"relion_preprocess extracted {len(truth_rows)} of "
                            f"{sum(len(v) for v in picks_by_mic.values())} boxes")
     shutil.copyfile(P("Extract", "particles.star"), P("Import", "job001", "particles.star"))
-    with open(P("truth.csv"), "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(truth_rows[0].keys()))
-        wr.writeheader()
-        wr.writerows(truth_rows)
+    write_particle_truth(out_dir, truth_rows)
     n_kind = dict(Counter(r["kind"] for r in truth_rows))
     log(f"  particles: {len(truth_rows)} {n_kind}")
 
@@ -628,8 +625,7 @@ def pick_montages(build_dir: str, box_px: int, rng=None, n: int = 48, z_range=(-
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(0) if rng is None else rng
-    with open(os.path.join(build_dir, "truth.csv"), newline="") as fh:
-        truth = list(csv.DictReader(fh))
+    truth = read_particle_truth(build_dir)
     os.makedirs(os.path.join(build_dir, "checks"), exist_ok=True)
     cache: dict = {}
     tile, cols, h = 96, 8, box_px // 2

@@ -31,7 +31,6 @@ detail finer than 1/16 of the mask diameter: low for featureless blobs).
 """
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import math
@@ -43,6 +42,7 @@ from scipy import ndimage
 
 from ranker.develop.simulate.noise import radial_power, shell_index
 from ranker.develop.simulate.optics import relion_normalise
+from ranker.develop.truth import read_particle_truth
 from ranker.runtime.fourier import resize_map
 from ranker.runtime.geometry import circle_mask, radius2_px
 from ranker.runtime.mrc import read_mrc, read_stack
@@ -211,7 +211,7 @@ def sim_job_geometry(job: str) -> tuple[int, float]:
 def sim_boxes(job: str, per_kind: int, rng) -> dict:
     """{kind: [n x n images]} of up to ``per_kind`` particles per kind of a job whose stacks
     were kept (``simulate --keep``), read as written (already normalised)."""
-    truth = list(csv.DictReader(open(os.path.join(job, "truth.csv"))))
+    truth = read_particle_truth(job)
     by_kind = defaultdict(list)
     for r in truth:
         by_kind[r["kind"]].append(r["rlnImageName"])

@@ -1,5 +1,10 @@
-"""The truth of a labelled RELION project: particle kinds, the per-class table ``class_truth.csv``,
-and what a class is worth to a user.
+"""The truth of a labelled RELION project: particle kinds, the per-particle table ``truth.csv``, the
+per-class table ``class_truth.csv``, and what a class is worth to a user.
+
+``truth.csv`` (one row per picked particle, written by :mod:`ranker.develop.simulate` and
+:mod:`ranker.develop.realdata`) has ``rlnImageName`` (as in the Import job's particles.star),
+``kind`` (one of :data:`KINDS`; "good" = a real particle) and the columns its builder adds (e.g.
+the simulated pose, or a real pick's provenance).
 
 ``class_truth.csv`` (one row per class of the Class2D job, written by :mod:`ranker.develop.simulate`
 and shipped with the fixtures) has ``class_number``, ``n_particles``, ``n_good``, ``frac_good``
@@ -37,6 +42,7 @@ import os
 KINDS = ("good", "noise", "ice", "edge", "aggregate", "offcentre", "partial", "blob", "patch")
 JUNK_KINDS = KINDS[1:]
 FILENAME = "class_truth.csv"
+PARTICLE_FILENAME = "truth.csv"
 
 
 def class_truth_path(project: str) -> str:
@@ -68,7 +74,31 @@ def read_class_truth(project: str) -> list[dict]:
 
 def write_class_truth(project: str, rows: list[dict]) -> str:
     """Write ``rows`` (dicts with the same keys, in class order) as ``project/class_truth.csv``."""
-    path = class_truth_path(project)
+    return _write_rows(class_truth_path(project), rows)
+
+
+def particle_truth_path(project: str) -> str:
+    return os.path.join(project, PARTICLE_FILENAME)
+
+
+def read_particle_truth(project: str) -> list[dict]:
+    """The rows of ``project/truth.csv``, one per particle in file order, values as written (str).
+
+    Raises FileNotFoundError naming the file when the project has none."""
+    path = particle_truth_path(project)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (this needs the job's per-particle truth)")
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_particle_truth(project: str, rows: list[dict]) -> str:
+    """Write ``rows`` (dicts with the same keys, ``rlnImageName`` and ``kind`` among them) as
+    ``project/truth.csv``."""
+    return _write_rows(particle_truth_path(project), rows)
+
+
+def _write_rows(path: str, rows: list[dict]) -> str:
     with open(path, "w", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         wr.writeheader()

@@ -24,7 +24,6 @@ whether they do, before anyone builds one.
 
 from __future__ import annotations
 
-import csv
 import os
 
 import numpy as np
@@ -32,6 +31,7 @@ import numpy as np
 from ranker.develop.commands import UsageError
 from ranker.develop.dataset import find_optimiser
 from ranker.develop.metrics import roc_auc
+from ranker.develop.truth import particle_truth_path, read_particle_truth
 from ranker.runtime.star import read_star
 
 #: RELION's per-particle values of a Class2D job's data.star that describe how a particle aligned
@@ -44,17 +44,13 @@ def job_separation(project: str, min_particles: int = 30, purity_range=(0.3, 0.7
     """One row per mixed class of ``project``: ``class_number``, ``n_particles``, ``purity`` (real
     fraction, 0-1) and the particle-level ROC-AUC (real particles as positives) of each column of
     :data:`COLUMNS` and of :data:`CHANCE` (a seeded random normal score)."""
-    truth_path = os.path.join(project, "truth.csv")
-    if not os.path.isfile(truth_path):
-        raise FileNotFoundError(f"{truth_path}: no such file (particle_stats needs per-particle truth)")
-    with open(truth_path, newline="") as fh:
-        kind = {r["rlnImageName"]: r["kind"] for r in csv.DictReader(fh)}
+    kind = {r["rlnImageName"]: r["kind"] for r in read_particle_truth(project)}
     data_path = os.path.join(project, find_optimiser(project).replace("_optimiser.star", "_data.star"))
     particles = read_star(data_path)["particles"]
     names = particles.column("rlnImageName")
     missing = [n for n in names if n not in kind]
     if missing:
-        raise ValueError(f"{truth_path}: no truth for {len(missing)} particles of {data_path} (e.g. {missing[0]})")
+        raise ValueError(f"{particle_truth_path(project)}: no truth for {len(missing)} particles of {data_path} (e.g. {missing[0]})")
     real = np.array([kind[n] == "good" for n in names])
     classes = np.array(particles.float_column("rlnClassNumber")).astype(int)
     values = {c: np.array(particles.float_column(c)) for c in COLUMNS}
@@ -114,8 +110,8 @@ def main(args) -> int:
     if not 0 <= lo <= hi <= 1 or args.min_particles < 2:
         raise UsageError("--purity_range needs 0 <= LOW <= HIGH <= 1 and --min_particles >= 2")
     for job in args.jobs:
-        if not os.path.isfile(os.path.join(job, "truth.csv")):
-            raise UsageError(f"{os.path.join(job, 'truth.csv')}: no such file (each job needs per-particle truth)")
+        if not os.path.isfile(particle_truth_path(job)):
+            raise UsageError(f"{particle_truth_path(job)}: no such file (each job needs per-particle truth)")
     rows = [r for job in args.jobs for r in job_separation(job, args.min_particles, (lo, hi), args.seed)]
     if not rows:
         raise UsageError(f"no class of at least {args.min_particles} particles is {lo:g}-{hi:g} real in these jobs")

@@ -14,7 +14,6 @@ Units: lengths in A unless a name ends in ``_px``; the spec keys keep their corp
 (``box`` is in px, ``angpix`` in A/px, ``kv``, ``cs``, ``q0``)."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from ranker.develop.simulate.truth import (
     montage,
     strip_progress,
 )
-from ranker.develop.truth import JUNK_KINDS, class_summary
+from ranker.develop.truth import JUNK_KINDS, class_summary, write_particle_truth
 from ranker.runtime.fourier import resize_map
 from ranker.runtime.geometry import centre_window, circle_mask
 from ranker.runtime.mrc import read_stack, write_mrc
@@ -712,10 +711,7 @@ def write_particles(items, optics, mics, rng, P):
     os.makedirs(P("Import", "job001"), exist_ok=True)
     write_star(P("Import", "job001", "particles.star"),
                [optics.block(), format_block("particles", PARTICLE_COLS, rows)])
-    with open(P("truth.csv"), "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(truth[0].keys()))
-        wr.writeheader()
-        wr.writerows(truth)
+    write_particle_truth(P(), truth)
     return truth
 
 

@@ -35,13 +35,13 @@ like a relion_refine job. Units: pixel size and resolutions in A, angles in deg.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import numpy as np
 from scipy import ndimage
 
 from ranker.develop.simulate.optics import ctf2d
+from ranker.develop.truth import read_particle_truth
 from ranker.runtime.fourier import resize_map
 from ranker.runtime.geometry import soft_circle_mask
 from ranker.runtime.mrc import read_stack, write_mrc
@@ -113,7 +113,7 @@ class _Particles:
         self.kv, self.cs, self.q0 = (float(o[k]) for k in ("rlnVoltage", "rlnSphericalAberration",
                                                              "rlnAmplitudeContrast"))
         self.cols, self.rows = star["particles"].labels, star["particles"].rows
-        truth = {r["rlnImageName"]: r for r in csv.DictReader(open(os.path.join(proj_dir, "truth.csv")))}
+        truth = {r["rlnImageName"]: r for r in read_particle_truth(proj_dir)}
         c = {k: i for i, k in enumerate(self.cols)}
         stacks, imgs = {}, []
         for r in self.rows:

@@ -1,14 +1,13 @@
 """Per-class truth of a finished simulated Class2D job, its montage and clean-up."""
 from __future__ import annotations
 
-import csv
 import glob
 import os
 import re
 from collections import Counter, defaultdict
 
 from ranker.develop.simulate.files import read_star_loop
-from ranker.develop.truth import KINDS, write_class_truth
+from ranker.develop.truth import KINDS, read_particle_truth, write_class_truth
 from ranker.runtime.mrc import read_stack
 
 
@@ -16,8 +15,7 @@ def analyse_class2d(proj_dir, it):
     """Per-class truth of Class2D/job002/run_itNNN (composition from truth.csv + RELION's
     per-class values); writes class_truth.csv and returns its rows."""
     root = os.path.join(proj_dir, "Class2D", "job002", f"run_it{it:03d}")
-    with open(os.path.join(proj_dir, "truth.csv")) as f:
-        truth = {r["rlnImageName"]: r["kind"] for r in csv.DictReader(f)}
+    truth = {r["rlnImageName"]: r["kind"] for r in read_particle_truth(proj_dir)}
     cols, rows = read_star_loop(root + "_data.star", "particles")
     ci, ii = cols.index("rlnClassNumber"), cols.index("rlnImageName")
     comp = defaultdict(Counter)
