@@ -51,10 +51,18 @@ def _block_signals_for_fork() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, _signals())
 
 
+_STARTING = False  # True while Background starts its child: the parent's unblock is left to it
+
+
 def _unblock_signals_in_parent() -> None:
+    """After a fork, in the parent. Not while :class:`Background` starts a child: a signal that
+    arrived during the fork would be delivered here, in an at-fork hook, whose exceptions Python
+    ignores (the job's JobInterrupted was lost and the job died on its killed child instead);
+    Background unblocks in ordinary code."""
     import signal
 
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _signals())
+    if not _STARTING:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _signals())
 
 
 def _default_signals_at_fork() -> None:
@@ -99,8 +107,23 @@ class Background:
             self.recv, send = ctx.Pipe(duplex=False)
             self.proc = ctx.Process(target=_child, args=(send, fn, args, os.getpid()), daemon=True)
             _LIVE.add(self)
+            self._start(send)
+
+    def _start(self, send) -> None:
+        """Start the child with the job's signals blocked from before the fork until it is made; one
+        sent meanwhile reaches this process's handler when they are unblocked, here, where its
+        exception (JobInterrupted) propagates."""
+        global _STARTING
+        import signal
+
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _signals())
+        _STARTING = True
+        try:
             self.proc.start()
             send.close()
+        finally:
+            _STARTING = False
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def result(self):
         if self.proc is None:
