@@ -45,10 +45,11 @@ def _signals() -> list:
     return [getattr(signal, name) for name in _CHILD_DEFAULT if hasattr(signal, name)]
 
 
-def _block_signals_for_fork() -> None:
+def _block_signals_for_fork() -> set:
+    """Block the job's signals; returns the mask before (as ``signal.pthread_sigmask``)."""
     import signal
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, _signals())
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _signals())
 
 
 _STARTING = False  # True while Background starts its child: the parent's unblock is left to it
@@ -116,7 +117,7 @@ class Background:
         global _STARTING
         import signal
 
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _signals())
+        previous = _block_signals_for_fork()
         _STARTING = True
         try:
             self.proc.start()
