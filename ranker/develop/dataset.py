@@ -5,7 +5,8 @@ computes them, so training sees what inference sees):
 
 * :func:`from_truth_job` -- a RELION project made by :mod:`ranker.simulate` (or the shared
   fixtures) with ``class_truth.csv``: the target is the class purity (fraction of true
-  particles), see :func:`purity_target`.
+  particles), see :func:`purity_target`; or such a project frozen by :func:`freeze_job` (its
+  classes' features and images, without the particles: small enough to keep in the repository).
 * :func:`from_selection` -- a user's own Class2D job plus the ``backup_selection.star`` of
   their manual Select job: selected = 1, unselected = 0.
 * :func:`from_relion_training_star` -- RELION's own training layout: a STAR with
@@ -108,19 +109,107 @@ def find_optimiser(project_dir: str) -> str:
     return os.path.relpath(found[-1], project_dir)
 
 
-def _build(job, parts, fs, targets_by_class, true_by_class, name, split, kind_by_class=None) -> LabelledClasses:
-    keep = [j for j, i in enumerate(fs.rows) if job.classes[i].class_number in targets_by_class]
-    numbers = [job.classes[fs.rows[j]].class_number for j in keep]
+def _build(numbers, vectors, images, counts, targets_by_class, true_by_class, name, split,
+           kind_by_class=None) -> LabelledClasses:
+    """The labelled classes among the featured ones (``numbers``, with their ``vectors`` and ``images``);
+    ``counts``: {class number: particles}."""
+    keep = [j for j, k in enumerate(numbers) if k in targets_by_class]
+    numbers = [numbers[j] for j in keep]
     return LabelledClasses(
-        vectors=fs.vectors[keep], images=fs.images[keep],
+        vectors=vectors[keep], images=images[keep],
         targets=np.array([targets_by_class[k] for k in numbers], np.float32), job=[name] * len(keep),
-        class_number=numbers, n_particles=np.array([parts.counts.get(k, 0) for k in numbers], float),
+        class_number=numbers, n_particles=np.array([counts.get(k, 0) for k in numbers], float),
         n_true=np.array([true_by_class.get(k, np.nan) for k in numbers], float), split=[split] * len(keep),
         kind=[(kind_by_class or {}).get(k, "") for k in numbers])
 
 
+def _featured(job, parts, fs):
+    """(class numbers, vectors, images, {class number: particles}) of a featurised job."""
+    return [job.classes[i].class_number for i in fs.rows], fs.vectors, fs.images, parts.counts
+
+
+FROZEN_FILENAME = "frozen_classes.npz"
+FROZEN_FORMAT = 1
+FROZEN_COPIES = ("class_truth.csv", "corpus_job.json", "README.md")  # copied beside it where present
+# the runtime modules whose code makes the 24 features and the 64x64 image
+FEATURE_MODULES = ("class2d", "features", "fourier", "geometry", "mrc")
+_warned_fingerprints: set = set()
+
+
+def feature_fingerprint() -> str:
+    """sha256 (first 16 hex digits) of the source of :data:`FEATURE_MODULES`: a frozen job made by
+    other feature code may hold features the job would now compute differently."""
+    import hashlib
+    import importlib
+
+    h = hashlib.sha256()
+    for name in FEATURE_MODULES:
+        with open(importlib.import_module(f"ranker.runtime.{name}").__file__, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def is_frozen(project_dir: str) -> bool:
+    """True for a directory made by :func:`freeze_job`."""
+    return os.path.isfile(os.path.join(project_dir, FROZEN_FILENAME))
+
+
+def freeze_job(project_dir: str, dest_dir: str) -> str:
+    """Keep what training and evaluation read from a labelled project, without its particles.
+
+    Writes ``dest_dir/frozen_classes.npz`` -- ``class_number`` (K,) int, ``n_particles`` (K,) int,
+    ``vectors`` float32 (K, 24) and ``images`` float32 (K, 64, 64) of the K featured classes (more than
+    10 particles), exactly as the job computes them, and ``meta`` (JSON: format, feature fingerprint,
+    package version, source path, Class2D iteration) -- and copies :data:`FROZEN_COPIES`.
+    :func:`from_truth_job` reads ``dest_dir`` like the project: same targets, counts, split and features.
+    A RELION project of 5-50 MB becomes about 20 KB per class. Returns ``dest_dir``."""
+    from ranker import __version__
+
+    if os.path.abspath(project_dir) == os.path.abspath(dest_dir):
+        raise StarError(f"{dest_dir}: freezing a job into itself")
+    read_class_truth(project_dir)  # a job without truth is not worth freezing: FileNotFoundError names it
+    optimiser = find_optimiser(project_dir)
+    numbers, vectors, images, counts = _featured(*featurise(optimiser, project_dir))
+    os.makedirs(dest_dir, exist_ok=True)
+    meta = {"format": FROZEN_FORMAT, "feature_fingerprint": feature_fingerprint(), "version": __version__,
+            "source": os.path.abspath(project_dir), "optimiser": optimiser}
+    tmp = os.path.join(dest_dir, FROZEN_FILENAME + ".tmp.npz")
+    np.savez_compressed(tmp, class_number=np.array(numbers, np.int32),
+                        n_particles=np.array([counts.get(k, 0) for k in numbers], np.int64),
+                        vectors=np.asarray(vectors, np.float32), images=np.asarray(images, np.float32),
+                        meta=np.array(json.dumps(meta)))
+    for name in FROZEN_COPIES:
+        if os.path.isfile(os.path.join(project_dir, name)):
+            with open(os.path.join(project_dir, name), "rb") as src, open(os.path.join(dest_dir, name), "wb") as dst:
+                dst.write(src.read())
+    os.replace(tmp, os.path.join(dest_dir, FROZEN_FILENAME))
+    return dest_dir
+
+
+def read_frozen(project_dir: str):
+    """(class numbers, vectors (K, 24), images (K, 64, 64), {class number: particles}) of a frozen job.
+    Warns once per fingerprint when the feature code has changed since it was frozen."""
+    import sys
+
+    path = os.path.join(project_dir, FROZEN_FILENAME)
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta.get("format") != FROZEN_FORMAT:
+            raise StarError(f"{path}: frozen format {meta.get('format')!r}, this code reads {FROZEN_FORMAT}")
+        numbers = [int(k) for k in z["class_number"]]
+        counts = dict(zip(numbers, (int(n) for n in z["n_particles"])))
+        featured = numbers, z["vectors"].astype(np.float32), z["images"].astype(np.float32), counts
+    old = meta.get("feature_fingerprint")
+    if old != feature_fingerprint() and old not in _warned_fingerprints:
+        _warned_fingerprints.add(old)
+        print(f"note: {path}: features frozen by other feature code (fingerprint {old}, now "
+              f"{feature_fingerprint()}); the job would compute them anew from its Class2D files", file=sys.stderr)
+    return featured
+
+
 def from_truth_job(project_dir: str, target: str = "purity") -> LabelledClasses:
-    """A labelled RELION project: Class2D job + class_truth.csv (+ corpus_job.json split).
+    """A labelled RELION project: Class2D job + class_truth.csv (+ corpus_job.json split), or a
+    frozen one (:func:`freeze_job`: its features as the job computed them when it was frozen).
 
     ``target`` (:data:`ranker.develop.truth.TARGETS`): "purity", the fraction of real particles; or
     "detail", purity x the class's detail (:func:`ranker.develop.truth.detail`), with the real
@@ -137,10 +226,11 @@ def from_truth_job(project_dir: str, target: str = "purity") -> LabelledClasses:
               for r in rows}
     meta_path = os.path.join(project_dir, "corpus_job.json")
     split = json.load(open(meta_path)).get("split", "") if os.path.exists(meta_path) else ""
-    job, parts, fs = featurise(find_optimiser(project_dir), project_dir)
+    featured = read_frozen(project_dir) if is_frozen(project_dir) else _featured(
+        *featurise(find_optimiser(project_dir), project_dir))
     targets = {k: float(purity_target([v])[0]) for k, v in frac.items()}
     kinds = {r["class_number"]: r.get("majority_kind", "") for r in rows}
-    return _build(job, parts, fs, targets, n_good, os.path.abspath(project_dir), split, kinds)
+    return _build(*featured, targets, n_good, os.path.abspath(project_dir), split, kinds)
 
 
 def from_selection(optimiser_path: str, selection_path: str, project_dir: str = ".") -> LabelledClasses:
@@ -153,7 +243,7 @@ def from_selection(optimiser_path: str, selection_path: str, project_dir: str = 
         raise StarError(f"{selection_path}: {len(selected)} rows but {optimiser_path} has {job.nr_classes} classes")
     targets = {c.class_number: float(s == 1) for c, s in zip(job.classes, selected)}
     name = os.path.abspath(os.path.join(project_dir, optimiser_path))
-    return _build(job, parts, fs, targets, {}, name, "train")
+    return _build(*_featured(job, parts, fs), targets, {}, name, "train")
 
 
 def from_relion_training_star(star_path: str, project_dir: str = ".") -> LabelledClasses:

@@ -5,7 +5,7 @@ Run as ``python -m ranker.develop COMMAND [--help]``.
 
 # In the order the work flows: make data, check it against real data, train, evaluate.
 COMMANDS = ("structures", "simulate", "corpus", "compare_classifiers", "realism", "real_fixture", "train",
-            "fit_context", "evaluate", "oracle_precision", "particle_stats")
+            "fit_context", "evaluate", "oracle_precision", "particle_stats", "freeze")
 
 
 class UsageError(Exception):
