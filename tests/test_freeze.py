@@ -1,6 +1,7 @@
 """python -m ranker.develop freeze: a labelled job kept without its particles reads as the job itself."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ from conftest import DATA, R5, SIM
 from ranker.develop import dataset
 from ranker.develop.__main__ import main as develop
 from ranker.develop.commands import evaluate as evalmod
-from ranker.develop.commands import oracle_precision as op
 from ranker.runtime.star import StarError
 
 REAL = os.path.join(DATA, "real_empiar10017")
@@ -28,8 +28,8 @@ def test_a_frozen_job_gives_the_same_classes_scores_and_figures(tmp_path, capsys
               str(tmp_path / "data" / "real_empiar10017")]
     assert all(f"-> {f}" in out for f in frozen)
     for src, dst in zip((SIM, R5, REAL), frozen):
-        assert sorted(os.listdir(dst)) == sorted(["frozen_classes.npz"] + [
-            n for n in dataset.FROZEN_COPIES if os.path.exists(os.path.join(src, n))])
+        assert "frozen_classes.npz" in os.listdir(dst) and "class_truth.csv" in os.listdir(dst)
+        assert dataset.from_truth_job(dst).job == [os.path.abspath(dst)] * len(dataset.from_truth_job(src))
         for target in ("purity", "detail"):
             _same_classes(dataset.from_truth_job(dst, target), dataset.from_truth_job(src, target))
         assert os.path.getsize(os.path.join(dst, "frozen_classes.npz")) < 25_000 * len(
@@ -38,8 +38,6 @@ def test_a_frozen_job_gives_the_same_classes_scores_and_figures(tmp_path, capsys
     b = evalmod.evaluate(frozen, log=lambda *x: None)
     for key in ("pooled_auc", "0.5", "auto", "purity_only", "near_cut_error", "scores_by_kind", "reliability"):
         assert a[key] == b[key], key
-    assert op.precision_table(frozen, sigmas=[0.1], draws=50, truth="detail") == \
-        op.precision_table([SIM, R5, REAL], sigmas=[0.1], draws=50, truth="detail")
 
 
 def test_freeze_names_a_job_without_truth_and_fails(tmp_path, capsys):
@@ -72,6 +70,71 @@ def test_frozen_by_other_feature_code_is_noted_and_other_formats_refused(tmp_pat
         dataset.from_truth_job(dst)
 
 
-def test_freezing_a_job_into_itself_is_refused():
-    with pytest.raises(StarError, match="into itself"):
-        dataset.freeze_job(SIM, SIM)
+def _copy_job(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.mrcs"))
+    for root, _dirs, files in os.walk(src):  # the particle stacks as links: the copy reads as the job
+        for name in files:
+            if name.endswith(".mrcs"):
+                rel = os.path.relpath(os.path.join(root, name), src)
+                os.symlink(os.path.join(root, name), os.path.join(dst, rel))
+    return str(dst)
+
+
+def _tree(path):
+    return sorted((os.path.relpath(os.path.join(r, f), path), os.path.getsize(os.path.join(r, f)))
+                  for r, _d, files in os.walk(path) for f in files)
+
+
+def test_the_split_of_corpus_job_json_is_kept(tmp_path):
+    job = _copy_job(SIM, tmp_path / "corpus" / "job0001")
+    with open(os.path.join(job, "corpus_job.json"), "w") as fh:
+        json.dump({"split": "val", "protein": "test"}, fh)
+    dst = dataset.freeze_job(job, str(tmp_path / "frozen" / "job0001"))
+    assert set(dataset.from_truth_job(dst).split) == {"val"}
+    assert json.load(open(os.path.join(dst, "corpus_job.json")))["protein"] == "test"
+
+
+def test_train_reads_frozen_jobs(tmp_path):
+    frozen = [dataset.freeze_job(src, str(tmp_path / name)) for src, name in ((SIM, "a"), (R5, "b"), (REAL, "c"))]
+    model = str(tmp_path / "m.npz")
+    assert develop(["train", "--jobs", *frozen, "--epochs", "2", "--out", model, "--seed", "0"]) == 0
+    assert os.path.getsize(model) > 10_000
+
+
+@pytest.mark.parametrize("where", ["itself", "inside", "alias", "parent"])
+def test_a_destination_in_or_around_the_job_is_refused_and_the_job_untouched(tmp_path, where):
+    job = _copy_job(SIM, tmp_path / "proj" / "job")
+    before = _tree(job)
+    os.symlink(job, tmp_path / "alias")
+    dest = {"itself": job, "inside": os.path.join(job, "frozen"), "alias": str(tmp_path / "alias"),
+            "parent": str(tmp_path / "proj")}[where]
+    with pytest.raises(StarError, match="(inside|holds) the job"):
+        dataset.freeze_job(job, dest)
+    assert _tree(job) == before and not os.path.exists(os.path.join(job, "frozen"))
+
+
+def test_refreezing_replaces_a_frozen_job_but_nothing_else(tmp_path, capsys):
+    dst = dataset.freeze_job(SIM, str(tmp_path / "sim"))
+    first = _tree(dst)
+    dataset.freeze_job(SIM, dst)  # a frozen job is replaced, complete
+    assert _tree(dst) == first and sorted(os.listdir(tmp_path)) == ["sim"]
+    with pytest.raises(StarError, match="already frozen"):
+        dataset.freeze_job(dst, str(tmp_path / "again"))
+    project = _copy_job(R5, tmp_path / "r5")
+    before = _tree(project)
+    with pytest.raises(StarError, match="exists and is not a frozen job"):
+        dataset.freeze_job(SIM, project)  # a real project at the destination: refused, untouched
+    assert _tree(project) == before
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n]
+
+
+def test_a_damaged_frozen_job_is_one_error_naming_the_file(tmp_path, capsys):
+    dst = dataset.freeze_job(SIM, str(tmp_path / "sim"))
+    path = os.path.join(dst, dataset.FROZEN_FILENAME)
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(StarError, match="frozen_classes.npz: not a readable frozen job"):
+        dataset.from_truth_job(dst)
+    assert develop(["evaluate", dst]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "frozen_classes.npz" in err[0]

@@ -8,6 +8,7 @@ import sys
 
 from ranker import __version__
 from ranker.develop.commands import COMMANDS, UsageError
+from ranker.runtime.star import StarError
 
 
 def _summary(module) -> str:
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
         return modules[args.command].main(args) or 0
     except UsageError as exc:
         parsers[args.command].error(str(exc))
+    except StarError as exc:  # a damaged or wrong input file: one line naming it, not a traceback
+        print(f"python -m ranker.develop {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

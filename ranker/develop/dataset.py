@@ -130,9 +130,9 @@ def _featured(job, parts, fs):
 
 FROZEN_FILENAME = "frozen_classes.npz"
 FROZEN_FORMAT = 1
-FROZEN_COPIES = ("class_truth.csv", "corpus_job.json", "README.md")  # copied beside it where present
-# the runtime modules whose code makes the 24 features and the 64x64 image
-FEATURE_MODULES = ("class2d", "features", "fourier", "geometry", "mrc")
+FROZEN_COPIES = ("class_truth.csv", "corpus_job.json")  # copied beside it where present
+# the runtime modules whose code makes the 24 features and the 64x64 image, and the particle counts
+FEATURE_MODULES = ("class2d", "ctf", "features", "fourier", "geometry", "mrc", "particles", "star")
 _warned_fingerprints: set = set()
 
 
@@ -154,6 +154,26 @@ def is_frozen(project_dir: str) -> bool:
     return os.path.isfile(os.path.join(project_dir, FROZEN_FILENAME))
 
 
+def _inside(path: str, parent: str) -> bool:
+    """``path`` is ``parent`` or below it (both real paths)."""
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _check_freeze_paths(project_dir: str, dest_dir: str) -> None:
+    src, dst = os.path.realpath(project_dir), os.path.realpath(dest_dir)
+    if _inside(dst, src):
+        raise StarError(f"{dest_dir}: inside the job it would freeze ({project_dir}); give another destination")
+    if _inside(src, dst):
+        raise StarError(f"{dest_dir}: holds the job it would freeze ({project_dir}); give another destination")
+    if is_frozen(project_dir):
+        raise StarError(f"{project_dir}: already frozen; copy the directory instead")
+    if os.path.lexists(dest_dir):
+        allowed = {FROZEN_FILENAME, *FROZEN_COPIES}
+        if not os.path.isdir(dest_dir) or os.path.islink(dest_dir) or not is_frozen(dest_dir) \
+                or not set(os.listdir(dest_dir)) <= allowed:
+            raise StarError(f"{dest_dir}: exists and is not a frozen job; nothing replaced")
+
+
 def freeze_job(project_dir: str, dest_dir: str) -> str:
     """Keep what training and evaluation read from a labelled project, without its particles.
 
@@ -162,49 +182,85 @@ def freeze_job(project_dir: str, dest_dir: str) -> str:
     10 particles), exactly as the job computes them, and ``meta`` (JSON: format, feature fingerprint,
     package version, source path, Class2D iteration) -- and copies :data:`FROZEN_COPIES`.
     :func:`from_truth_job` reads ``dest_dir`` like the project: same targets, counts, split and features.
-    A RELION project of 5-50 MB becomes about 20 KB per class. Returns ``dest_dir``."""
+    A RELION project of 1-50 MB becomes about 15 KB per class (about 35 KB for a job of 2-3 featured
+    classes, a few hundred KB for K=30).
+
+    ``dest_dir`` must not be, hold or lie inside the project; an existing ``dest_dir`` is replaced only
+    when it is itself a frozen job (nothing but the frozen files), and only once the new one is complete
+    (it is built beside it and swapped in). Returns ``dest_dir``."""
+    import shutil
+    import tempfile
+
     from ranker import __version__
 
-    if os.path.abspath(project_dir) == os.path.abspath(dest_dir):
-        raise StarError(f"{dest_dir}: freezing a job into itself")
+    _check_freeze_paths(project_dir, dest_dir)
     read_class_truth(project_dir)  # a job without truth is not worth freezing: FileNotFoundError names it
     optimiser = find_optimiser(project_dir)
     numbers, vectors, images, counts = _featured(*featurise(optimiser, project_dir))
-    os.makedirs(dest_dir, exist_ok=True)
     meta = {"format": FROZEN_FORMAT, "feature_fingerprint": feature_fingerprint(), "version": __version__,
             "source": os.path.abspath(project_dir), "optimiser": optimiser}
-    tmp = os.path.join(dest_dir, FROZEN_FILENAME + ".tmp.npz")
-    np.savez_compressed(tmp, class_number=np.array(numbers, np.int32),
-                        n_particles=np.array([counts.get(k, 0) for k in numbers], np.int64),
-                        vectors=np.asarray(vectors, np.float32), images=np.asarray(images, np.float32),
-                        meta=np.array(json.dumps(meta)))
-    for name in FROZEN_COPIES:
-        if os.path.isfile(os.path.join(project_dir, name)):
-            with open(os.path.join(project_dir, name), "rb") as src, open(os.path.join(dest_dir, name), "wb") as dst:
-                dst.write(src.read())
-    os.replace(tmp, os.path.join(dest_dir, FROZEN_FILENAME))
+    dest_dir = os.path.normpath(dest_dir)
+    parent = os.path.dirname(os.path.abspath(dest_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(dest_dir) + ".tmp-")
+    try:
+        np.savez_compressed(os.path.join(tmp, FROZEN_FILENAME), class_number=np.array(numbers, np.int32),
+                            n_particles=np.array([counts.get(k, 0) for k in numbers], np.int64),
+                            vectors=np.asarray(vectors, np.float32), images=np.asarray(images, np.float32),
+                            meta=np.array(json.dumps(meta)))
+        for name in FROZEN_COPIES:
+            if os.path.isfile(os.path.join(project_dir, name)):
+                shutil.copyfile(os.path.join(project_dir, name), os.path.join(tmp, name))
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if os.path.lexists(dest_dir):
+            old = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(dest_dir) + ".old-")
+            os.rename(dest_dir, os.path.join(old, "job"))
+        os.rename(tmp, dest_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
     return dest_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_frozen(project_dir: str):
     """(class numbers, vectors (K, 24), images (K, 64, 64), {class number: particles}) of a frozen job.
-    Warns once per fingerprint when the feature code has changed since it was frozen."""
+    Warns once per fingerprint when the feature code has changed since it was frozen. A file that is
+    not a complete frozen job raises :class:`StarError` naming it."""
     import sys
+    import zipfile
 
     path = os.path.join(project_dir, FROZEN_FILENAME)
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        if meta.get("format") != FROZEN_FORMAT:
-            raise StarError(f"{path}: frozen format {meta.get('format')!r}, this code reads {FROZEN_FORMAT}")
-        numbers = [int(k) for k in z["class_number"]]
-        counts = dict(zip(numbers, (int(n) for n in z["n_particles"])))
-        featured = numbers, z["vectors"].astype(np.float32), z["images"].astype(np.float32), counts
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != FROZEN_FORMAT:
+                raise StarError(f"{path}: frozen format {meta.get('format')!r}, this code reads {FROZEN_FORMAT}")
+            numbers = [int(k) for k in z["class_number"]]
+            n_particles = [int(n) for n in z["n_particles"]]
+            vectors, images = z["vectors"].astype(np.float32), z["images"].astype(np.float32)
+    except StarError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise StarError(f"{path}: not a readable frozen job ({type(exc).__name__}: {exc})") from None
+    k = len(numbers)
+    if vectors.shape != (k, 24) or images.shape != (k, 64, 64) or len(n_particles) != k:
+        raise StarError(f"{path}: {k} classes but vectors {vectors.shape}, images {images.shape}, "
+                        f"{len(n_particles)} particle counts")
     old = meta.get("feature_fingerprint")
     if old != feature_fingerprint() and old not in _warned_fingerprints:
         _warned_fingerprints.add(old)
         print(f"note: {path}: features frozen by other feature code (fingerprint {old}, now "
               f"{feature_fingerprint()}); the job would compute them anew from its Class2D files", file=sys.stderr)
-    return featured
+    return numbers, vectors, images, dict(zip(numbers, n_particles))
 
 
 def from_truth_job(project_dir: str, target: str = "purity") -> LabelledClasses:

@@ -10,9 +10,12 @@ becomes DIR/<its path relative to ROOT> (default ROOT: the parent of the job's p
 (the 24 features and the 64x64 image of every class of more than 10 particles, as the job computes
 them; :func:`ranker.develop.dataset.freeze_job`) and copies of ``class_truth.csv`` and
 ``corpus_job.json``. ``train``, ``evaluate`` and ``oracle_precision`` read a frozen job like the
-project it came from (``particle_stats`` needs the particles and does not). A job of 5-50 MB becomes
-about 20 KB per class, so sets of jobs can be kept in the repository and measured again without
-``relion_refine``. Existing frozen jobs are replaced.
+project it came from (``particle_stats`` needs the particles and does not). A job of 1-50 MB becomes
+about 15 KB per featured class (~35 KB for most realism jobs), so sets of jobs can be kept in the
+repository and measured again without ``relion_refine``. An existing frozen job at the destination is
+replaced once the new one is complete; anything else there is refused, as is a destination inside the
+job, and a job that is itself frozen (copy it instead). The frozen job's path is its name in
+``train`` and ``evaluate`` (their folds follow the sorted names).
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def main(a) -> int:
             freeze_job(job, dest)
         except Exception as exc:  # noqa: BLE001 - name the job and go on with the others
             failed += 1
-            print(f"freeze: {job}: {exc}", file=sys.stderr)
+            msg = str(exc)
+            print(f"freeze: {msg}" if job in msg else f"freeze: {job}: {msg}", file=sys.stderr)
             continue
         size = os.path.getsize(os.path.join(dest, "frozen_classes.npz"))
         print(f"{job} -> {dest} ({size / 1024:.0f} KB)")
