@@ -129,3 +129,28 @@ def test_one_image_stack_reads_as_a_stack(tmp_path):
     assert read_stack(str(tmp_path / "one.mrcs")).shape == (1, 8, 8)
     write_mrc(str(tmp_path / "map.mrc"), np.ones((8, 8), np.float32), 2.0)
     assert read_mrc(str(tmp_path / "map.mrc")).shape == (8, 8)
+
+
+def test_freeze_to_freezes_each_job_as_it_is_made_and_a_failure_keeps_the_job(tmp_path, monkeypatch):
+    import shutil
+
+    import ranker.develop.simulate.corpus as corpus
+    from conftest import SIM
+    from ranker.develop import dataset
+
+    def fake_build(spec, tmp, log=print, relion_timeout=900, keep=False):
+        if spec["seed"] == sample_spec(3, 7, {}, budget=130)["seed"]:
+            shutil.copytree(SIM, tmp)  # a labelled RELION project
+        else:
+            os.makedirs(tmp)  # no Class2D job: cannot be frozen
+        return {"class_summary": dict(good=0, bad=0, mixed=0, empty=0), "seconds_total": 0.0}
+
+    monkeypatch.setattr(corpus, "build_project", fake_build)
+    logged = []
+    corpus.run_many(str(tmp_path / "c"), 40, None, 7, (), 130, only=[3, 5], log=logged.append,
+                    freeze_to=str(tmp_path / "frozen"))
+    assert sorted(os.listdir(tmp_path / "c")) == ["failed", "job0003", "job0005"]
+    assert sorted(os.listdir(tmp_path / "frozen" / "c")) == ["job0003"]
+    got = dataset.from_truth_job(str(tmp_path / "frozen" / "c" / "job0003"))
+    assert got.class_number == dataset.from_truth_job(SIM).class_number
+    assert any("freeze to" in m and "job0005" in m and "FAILED" in m for m in logged)

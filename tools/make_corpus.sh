@@ -15,6 +15,8 @@
 #   env: PY (python with numpy, scipy, mrcfile, matplotlib; gemmi for mmCIF), SEED (1),
 #        BUDGET (estimated relion_refine seconds per job, 130), HELDOUT (4JSV job numbers, 8,28,48)
 #
+# Add --freeze datasets/realism to freeze each job as it is made (features, images, truth; kept in the
+# repository, datasets/README.md): corpora outside the repository have been lost between sessions.
 # In the background (one job at a time, niced, logs to CORPUS/make_corpus.log):
 #   setsid nohup tools/make_corpus.sh 200 corpus > corpus/make_corpus.log 2>&1 < /dev/null &
 # Progress:

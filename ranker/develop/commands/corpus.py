@@ -6,6 +6,7 @@
 Jobs CORPUS/job0001 ... are made as by the ``simulate`` command with parameters drawn per job
 (:mod:`ranker.develop.simulate.corpus`); finished jobs are skipped, a crashed job is removed and
 logged in CORPUS/failed/. ``tools/make_corpus.sh`` runs this with the structures fetched first.
+With ``--freeze DIR`` each finished job is also frozen (the ``freeze`` command) as soon as it is made.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def add_args(p) -> None:
                    + ",".join(JUNK_KINDS) + ")")
     p.add_argument("--classifier", default="relion", choices=["relion", "quick"],
                    help="relion_refine, or the fast in-Python stand-in (quickclass; not RELION)")
+    p.add_argument("--freeze", default="", metavar="DIR",
+                   help="freeze each finished job to DIR/<corpus name>/jobNNNN as it is made (python -m "
+                   "ranker.develop freeze; e.g. --freeze datasets/realism): its labelled classes outlive the corpus")
     p.add_argument("--keep", action="store_true",
                    help="keep particle stacks and all iterations (to measure them: python -m ranker.develop realism)")
     p.add_argument("--recipe", default="v3", choices=["v3", "realism"],
@@ -68,5 +72,5 @@ def main(a) -> int:
              a.retry_failed, a.stop_after_hours * 3600 if a.stop_after_hours else None,
              log=lambda m: print(m, flush=True), snr_range=tuple(a.snr_range),
              junk_kinds=kinds or None, classifier=a.classifier, recipe=a.recipe, keep=a.keep,
-             only=only or None)
+             only=only or None, freeze_to=a.freeze or None)
     return 0

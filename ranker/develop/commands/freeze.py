@@ -11,7 +11,7 @@ becomes DIR/<its path relative to ROOT> (default ROOT: the parent of the job's p
 them; :func:`ranker.develop.dataset.freeze_job`) and copies of ``class_truth.csv`` and
 ``corpus_job.json``. ``train``, ``evaluate`` and ``oracle_precision`` read a frozen job like the
 project it came from (``particle_stats`` needs the particles and does not). A job of 1-50 MB becomes
-about 15 KB per featured class (~35 KB for most realism jobs), so sets of jobs can be kept in the
+about 13 KB per featured class (~180 KB for a realism job of 14 classes), so sets of jobs can be kept in the
 repository and measured again without ``relion_refine``. An existing frozen job at the destination is
 replaced once the new one is complete; anything else there is refused, as is a destination inside the
 job, and a job that is itself frozen (copy it instead). The frozen job's path is its name in

@@ -209,7 +209,7 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
 
 def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48), budget=None,
              relion_timeout=900, retry_failed=False, stop_after_s=None, log=print, snr_range=(0.03, 0.3),
-             junk_kinds=None, classifier="relion", recipe="v3", keep=False, only=None):
+             junk_kinds=None, classifier="relion", recipe="v3", keep=False, only=None, freeze_to=None):
     """Build jobs CORPUS/job0001..jobNNNN one at a time (skipping finished or failed ones).
 
     ``only``: job numbers to build instead of 1..n (each job's spec depends on its number and
@@ -218,7 +218,10 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
     A job is built in CORPUS/jobNNNN.tmp and renamed when complete; a crash removes it and
     writes CORPUS/failed/jobNNNN.log. ``classifier``: "relion" (relion_refine) or "quick"
     (ranker.develop.simulate.quickclass, not RELION; for volume, check it with ``compare``).
-    ``keep``: keep particle stacks and all iterations (for ``python -m ranker.develop realism``)."""
+    ``keep``: keep particle stacks and all iterations (for ``python -m ranker.develop realism``).
+    ``freeze_to``: freeze each finished job to FREEZE_TO/<corpus name>/jobNNNN as it is made
+    (:func:`ranker.develop.dataset.freeze_job`), so a corpus lost later leaves its labelled classes;
+    a job that cannot be frozen is logged and kept."""
     os.makedirs(corpus, exist_ok=True)
     structures = {}
     if structures_dir and os.path.exists(os.path.join(structures_dir, "structures.json")):
@@ -257,6 +260,8 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
             cs = info["class_summary"]
             log(f"  done in {info['seconds_total']:.0f} s: classes good {cs['good']}, bad {cs['bad']}, "
                 f"mixed {cs['mixed']}, empty {cs['empty']}")
+            if freeze_to:
+                _freeze(final, os.path.join(freeze_to, os.path.basename(os.path.abspath(corpus)), name), log)
         except KeyboardInterrupt:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -266,6 +271,16 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
                 f.write(traceback.format_exc())
             shutil.rmtree(tmp, ignore_errors=True)
             log(f"  FAILED: {str(e)[:500]}")
+
+
+def _freeze(job_dir, dest, log) -> None:
+    from ranker.develop.dataset import freeze_job
+
+    try:
+        freeze_job(job_dir, dest)
+        log(f"  frozen to {dest}")
+    except Exception as e:  # noqa: BLE001 - the job itself is complete; say so and go on
+        log(f"  freeze to {dest} FAILED: {str(e)[:300]}")
 
 
 def summarise(corpus, per_job=False):
