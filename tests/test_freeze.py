@@ -96,9 +96,15 @@ def test_the_split_of_corpus_job_json_is_kept(tmp_path):
 
 def test_train_reads_frozen_jobs(tmp_path):
     frozen = [dataset.freeze_job(src, str(tmp_path / name)) for src, name in ((SIM, "a"), (R5, "b"), (REAL, "c"))]
-    model = str(tmp_path / "m.npz")
-    assert develop(["train", "--jobs", *frozen, "--epochs", "2", "--out", model, "--seed", "0"]) == 0
-    assert os.path.getsize(model) > 10_000
+    models = [str(tmp_path / "frozen.npz"), str(tmp_path / "sources.npz")]
+    # (frozen names a < b < c sort as their sources do: the folds are the same)
+    for jobs, model in ((frozen, models[0]), ([SIM, R5, REAL], models[1])):
+        assert develop(["train", "--jobs", *jobs, "--epochs", "2", "--out", model, "--seed", "0"]) == 0
+    with np.load(models[0]) as a, np.load(models[1]) as b:
+        weights = [k for k in a.files if a[k].dtype.kind == "f"]
+        assert len(weights) > 4
+        for k in weights:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.mark.parametrize("where", ["itself", "inside", "alias", "parent"])
@@ -108,24 +114,76 @@ def test_a_destination_in_or_around_the_job_is_refused_and_the_job_untouched(tmp
     os.symlink(job, tmp_path / "alias")
     dest = {"itself": job, "inside": os.path.join(job, "frozen"), "alias": str(tmp_path / "alias"),
             "parent": str(tmp_path / "proj")}[where]
-    with pytest.raises(StarError, match="(inside|holds) the job"):
+    with pytest.raises(StarError, match="(inside|holds) the job|symbolic link"):
         dataset.freeze_job(job, dest)
     assert _tree(job) == before and not os.path.exists(os.path.join(job, "frozen"))
 
 
-def test_refreezing_replaces_a_frozen_job_but_nothing_else(tmp_path, capsys):
+def test_refreezing_replaces_the_frozen_job_of_the_same_project_but_nothing_else(tmp_path):
     dst = dataset.freeze_job(SIM, str(tmp_path / "sim"))
-    first = _tree(dst)
-    dataset.freeze_job(SIM, dst)  # a frozen job is replaced, complete
-    assert _tree(dst) == first and sorted(os.listdir(tmp_path)) == ["sim"]
+    assert sorted(os.listdir(dst)) == ["class_truth.csv", "frozen_classes.npz"]  # no README, no particles
+    first, inode = _tree(dst), os.stat(dst).st_ino
+    dataset.freeze_job(SIM, dst + os.sep)  # the same project's frozen job is replaced, complete
+    assert _tree(dst) == first and os.stat(dst).st_ino != inode and sorted(os.listdir(tmp_path)) == ["sim"]
     with pytest.raises(StarError, match="already frozen"):
         dataset.freeze_job(dst, str(tmp_path / "again"))
+    other = _copy_job(SIM, tmp_path / "elsewhere" / "class2d_sim")  # another project of the same name
+    with pytest.raises(StarError, match="holds the frozen job of .*remove it first"):
+        dataset.freeze_job(other, dst)
     project = _copy_job(R5, tmp_path / "r5")
     before = _tree(project)
     with pytest.raises(StarError, match="exists and is not a frozen job"):
         dataset.freeze_job(SIM, project)  # a real project at the destination: refused, untouched
     assert _tree(project) == before
+    for bad in (".", "..", "/"):
+        with pytest.raises(StarError, match="name the frozen job's own directory"):
+            dataset.freeze_job(SIM, bad)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n]
+
+
+@pytest.mark.parametrize("fault", ["writing", "swapping"])
+def test_a_fault_leaves_nothing_half_written_and_the_old_frozen_job_in_place(tmp_path, monkeypatch, fault):
+    dst = dataset.freeze_job(SIM, str(tmp_path / "sim"))
+    first = _tree(dst)
+    if fault == "writing":
+        def boom(*a, **k):
+            raise OSError("disk full")
+        monkeypatch.setattr(dataset.np, "savez_compressed", boom)
+    else:
+        real_rename, calls = os.rename, []
+
+        def rename(a, b):  # the old job moves aside, then the new one fails to move in
+            calls.append(a)
+            if len(calls) == 2:
+                raise OSError("rename failed")
+            real_rename(a, b)
+        monkeypatch.setattr(dataset.os, "rename", rename)
+    with pytest.raises(OSError):
+        dataset.freeze_job(SIM, dst)
+    monkeypatch.undo()
+    assert _tree(dst) == first and sorted(os.listdir(tmp_path)) == ["sim"]
+    with pytest.raises(OSError):  # and a new destination: nothing at all
+        monkeypatch.setattr(dataset.np, "savez_compressed", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
+        dataset.freeze_job(SIM, str(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path)) == ["sim"]
+
+
+def test_a_destination_through_a_link_is_checked_where_it_is_written(tmp_path, capsys):
+    job = _copy_job(SIM, tmp_path / "proj" / "job")
+    os.makedirs(tmp_path / "elsewhere" / "deep")
+    os.symlink(tmp_path / "elsewhere" / "deep", os.path.join(job, "link"))  # job/link/.. is elsewhere/
+    dataset.freeze_job(job, os.path.join(job, "link", os.pardir, "frozen"))
+    assert os.path.isdir(tmp_path / "elsewhere" / "frozen") and not os.path.exists(os.path.join(job, "frozen"))
+    os.symlink(tmp_path / "elsewhere" / "frozen", tmp_path / "flink")
+    for given in (str(tmp_path / "flink"), str(tmp_path / "flink") + os.sep):
+        with pytest.raises(StarError, match="symbolic link"):
+            dataset.freeze_job(job, given)
+    # one command: no destination may lie inside another of its jobs
+    other = _copy_job(R5, tmp_path / "proj" / "other")
+    before = _tree(other)
+    with pytest.raises(SystemExit):
+        develop(["freeze", job, other, "--dest", os.path.join(other, "x")])
+    assert "inside or hold" in capsys.readouterr().err and _tree(other) == before
 
 
 def test_a_damaged_frozen_job_is_one_error_naming_the_file(tmp_path, capsys):

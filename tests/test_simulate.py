@@ -154,3 +154,19 @@ def test_freeze_to_freezes_each_job_as_it_is_made_and_a_failure_keeps_the_job(tm
     got = dataset.from_truth_job(str(tmp_path / "frozen" / "c" / "job0003"))
     assert got.class_number == dataset.from_truth_job(SIM).class_number
     assert any("freeze to" in m and "job0005" in m and "FAILED" in m for m in logged)
+
+
+def test_freeze_to_also_freezes_jobs_made_before_it_was_given(tmp_path, monkeypatch):
+    import shutil
+
+    import ranker.develop.simulate.corpus as corpus
+    from conftest import SIM
+
+    os.makedirs(tmp_path / "c")
+    shutil.copytree(SIM, tmp_path / "c" / "job0003")
+    with open(tmp_path / "c" / "job0003" / "corpus_job.json", "w") as fh:
+        fh.write("{}")
+    monkeypatch.setattr(corpus, "build_project", lambda *a, **k: pytest.fail("a finished job was rebuilt"))
+    corpus.run_many(str(tmp_path / "c"), 40, None, 7, (), 130, only=[3], log=lambda m: None,
+                    freeze_to=str(tmp_path / "frozen"))
+    assert os.listdir(tmp_path / "frozen" / "c" / "job0003")

@@ -154,24 +154,50 @@ def is_frozen(project_dir: str) -> bool:
     return os.path.isfile(os.path.join(project_dir, FROZEN_FILENAME))
 
 
-def _inside(path: str, parent: str) -> bool:
-    """``path`` is ``parent`` or below it (both real paths)."""
+def inside(path: str, parent: str) -> bool:
+    """``path`` is ``parent`` or below it, both resolved through symbolic links."""
+    path, parent = os.path.realpath(path), os.path.realpath(parent)
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def _check_freeze_paths(project_dir: str, dest_dir: str) -> None:
-    src, dst = os.path.realpath(project_dir), os.path.realpath(dest_dir)
-    if _inside(dst, src):
+def frozen_source(frozen_dir: str) -> str:
+    """The path of the project a frozen job was made from (as it was when frozen)."""
+    with np.load(os.path.join(frozen_dir, FROZEN_FILENAME), allow_pickle=False) as z:
+        return json.loads(str(z["meta"])).get("source", "")
+
+
+def resolve_destination(dest_dir: str) -> str:
+    """The directory ``dest_dir`` names, with its parent resolved through links (so the path that is
+    checked is the path that is written). Refuses ``.``/``..`` and a destination that is a link."""
+    name = os.path.basename(dest_dir.rstrip(os.sep))
+    if name in ("", os.curdir, os.pardir):
+        raise StarError(f"{dest_dir}: name the frozen job's own directory (not '.', '..' or '/')")
+    parent = os.path.realpath(os.path.dirname(dest_dir.rstrip(os.sep)) or os.curdir)
+    dest = os.path.join(parent, name)
+    if os.path.islink(dest):
+        raise StarError(f"{dest_dir}: is a symbolic link; give the directory itself")
+    return dest
+
+
+def _check_freeze_paths(project_dir: str, dest: str, dest_dir: str) -> None:
+    """``dest``: :func:`resolve_destination` of ``dest_dir`` (the name the user gave)."""
+    if inside(dest, project_dir):
         raise StarError(f"{dest_dir}: inside the job it would freeze ({project_dir}); give another destination")
-    if _inside(src, dst):
+    if inside(project_dir, dest):
         raise StarError(f"{dest_dir}: holds the job it would freeze ({project_dir}); give another destination")
     if is_frozen(project_dir):
         raise StarError(f"{project_dir}: already frozen; copy the directory instead")
-    if os.path.lexists(dest_dir):
+    if os.path.lexists(dest):
         allowed = {FROZEN_FILENAME, *FROZEN_COPIES}
-        if not os.path.isdir(dest_dir) or os.path.islink(dest_dir) or not is_frozen(dest_dir) \
-                or not set(os.listdir(dest_dir)) <= allowed:
+        if not os.path.isdir(dest) or not is_frozen(dest) or not set(os.listdir(dest)) <= allowed:
             raise StarError(f"{dest_dir}: exists and is not a frozen job; nothing replaced")
+        try:
+            source = frozen_source(dest)
+        except Exception:  # noqa: BLE001 - a damaged frozen job: refuse rather than guess
+            source = "(unreadable)"
+        if os.path.realpath(source) != os.path.realpath(project_dir):
+            raise StarError(f"{dest_dir}: holds the frozen job of {source}, not of {project_dir}; "
+                            "remove it first to replace it")
 
 
 def freeze_job(project_dir: str, dest_dir: str) -> str:
@@ -185,50 +211,50 @@ def freeze_job(project_dir: str, dest_dir: str) -> str:
     A RELION project of 1-50 MB becomes about 13 KB per featured class (the 64x64 float32
     images hardly compress; a realism job of 14 classes: about 180 KB).
 
-    ``dest_dir`` must not be, hold or lie inside the project; an existing ``dest_dir`` is replaced only
-    when it is itself a frozen job (nothing but the frozen files), and only once the new one is complete
-    (it is built beside it and swapped in). Returns ``dest_dir``."""
+    ``dest_dir`` must not be, hold or lie inside the project. An existing ``dest_dir`` is replaced only
+    when it is the frozen job of the same project (nothing but the frozen files), and only once the new
+    one is complete: it is built beside it and swapped in, and a failure puts the old one back.
+    Returns ``dest_dir``."""
     import shutil
     import tempfile
 
     from ranker import __version__
 
-    _check_freeze_paths(project_dir, dest_dir)
+    dest = resolve_destination(dest_dir)
+    _check_freeze_paths(project_dir, dest, dest_dir)
     read_class_truth(project_dir)  # a job without truth is not worth freezing: FileNotFoundError names it
     optimiser = find_optimiser(project_dir)
     numbers, vectors, images, counts = _featured(*featurise(optimiser, project_dir))
     meta = {"format": FROZEN_FORMAT, "feature_fingerprint": feature_fingerprint(), "version": __version__,
             "source": os.path.abspath(project_dir), "optimiser": optimiser}
-    dest_dir = os.path.normpath(dest_dir)
-    parent = os.path.dirname(os.path.abspath(dest_dir))
+    parent, name = os.path.split(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(dest_dir) + ".tmp-")
+    tmp = tempfile.mkdtemp(dir=parent, prefix=name + ".tmp-")
+    old = None
     try:
         np.savez_compressed(os.path.join(tmp, FROZEN_FILENAME), class_number=np.array(numbers, np.int32),
                             n_particles=np.array([counts.get(k, 0) for k in numbers], np.int64),
                             vectors=np.asarray(vectors, np.float32), images=np.asarray(images, np.float32),
                             meta=np.array(json.dumps(meta)))
-        for name in FROZEN_COPIES:
-            if os.path.isfile(os.path.join(project_dir, name)):
-                shutil.copyfile(os.path.join(project_dir, name), os.path.join(tmp, name))
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if os.path.lexists(dest_dir):
-            old = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(dest_dir) + ".old-")
-            os.rename(dest_dir, os.path.join(old, "job"))
-        os.rename(tmp, dest_dir)
+        for copy in FROZEN_COPIES:
+            if os.path.isfile(os.path.join(project_dir, copy)):
+                shutil.copyfile(os.path.join(project_dir, copy), os.path.join(tmp, copy))
+        os.chmod(tmp, 0o755)
+        _check_freeze_paths(project_dir, dest, dest_dir)  # again: the features took a while
+        if os.path.lexists(dest):
+            old = tempfile.mkdtemp(dir=parent, prefix=name + ".old-")
+            os.rename(dest, os.path.join(old, "job"))
+        os.rename(tmp, dest)
     except BaseException:
+        if old and os.path.lexists(os.path.join(old, "job")) and not os.path.lexists(dest):
+            os.rename(os.path.join(old, "job"), dest)  # put the old frozen job back
+        if old and not os.path.lexists(os.path.join(old, "job")):
+            os.rmdir(old)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old:
         shutil.rmtree(old, ignore_errors=True)
     return dest_dir
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_frozen(project_dir: str):

@@ -38,18 +38,22 @@ def destination(job: str, dest: str, root: str = "") -> str:
     job = os.path.abspath(job)
     base = os.path.abspath(root) if root else os.path.dirname(os.path.dirname(job))
     rel = os.path.relpath(job, base)
-    if rel.startswith(os.pardir):
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
         raise UsageError(f"{job} is not under --root {root}")
     return os.path.join(dest, rel)
 
 
 def main(a) -> int:
-    from ranker.develop.dataset import freeze_job
+    from ranker.develop.dataset import freeze_job, inside
 
     failed = 0
     targets = [(job, destination(job, a.dest, a.root)) for job in a.jobs]
     if len({d for _, d in targets}) != len(targets):
         raise UsageError("two jobs would be frozen to the same place; give --root")
+    for job, _ in targets:  # no destination may lie in (or hold) any of the jobs, not only its own
+        for other, dest in targets:
+            if inside(dest, job) or inside(job, dest):
+                raise UsageError(f"{dest} (for {other}) would lie inside or hold {job}; give another --dest")
     for job, dest in targets:
         try:
             freeze_job(job, dest)

@@ -240,6 +240,9 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
         tmp = final + ".tmp"
         flog = os.path.join(corpus, "failed", name + ".log")
         if os.path.exists(os.path.join(final, "corpus_job.json")):
+            frozen = os.path.join(freeze_to or "", os.path.basename(os.path.abspath(corpus)), name)
+            if freeze_to and not os.path.exists(os.path.join(frozen, "frozen_classes.npz")):
+                _freeze(final, frozen, log)  # made before --freeze was given
             continue
         if os.path.exists(flog) and not retry_failed:
             continue
