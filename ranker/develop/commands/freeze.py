@@ -44,7 +44,7 @@ def destination(job: str, dest: str, root: str = "") -> str:
 
 
 def main(a) -> int:
-    from ranker.develop.dataset import freeze_job, inside
+    from ranker.develop.dataset import FROZEN_FILENAME, freeze_job, inside
 
     failed = 0
     targets = [(job, destination(job, a.dest, a.root)) for job in a.jobs]
@@ -62,6 +62,6 @@ def main(a) -> int:
             msg = str(exc)
             print(f"freeze: {msg}" if job in msg else f"freeze: {job}: {msg}", file=sys.stderr)
             continue
-        size = os.path.getsize(os.path.join(dest, "frozen_classes.npz"))
+        size = os.path.getsize(os.path.join(dest, FROZEN_FILENAME))
         print(f"{job} -> {dest} ({size / 1024:.0f} KB)")
     return 1 if failed else 0

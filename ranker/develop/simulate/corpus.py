@@ -239,10 +239,10 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
         final = os.path.join(corpus, name)
         tmp = final + ".tmp"
         flog = os.path.join(corpus, "failed", name + ".log")
+        frozen = os.path.join(freeze_to, os.path.basename(os.path.abspath(corpus)), name) if freeze_to else None
         if os.path.exists(os.path.join(final, "corpus_job.json")):
-            frozen = os.path.join(freeze_to or "", os.path.basename(os.path.abspath(corpus)), name)
-            if freeze_to and not os.path.exists(os.path.join(frozen, "frozen_classes.npz")):
-                _freeze(final, frozen, log)  # made before --freeze was given
+            if frozen:
+                _freeze(final, frozen, log, only_if_missing=True)  # made before --freeze was given
             continue
         if os.path.exists(flog) and not retry_failed:
             continue
@@ -263,8 +263,8 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
             cs = info["class_summary"]
             log(f"  done in {info['seconds_total']:.0f} s: classes good {cs['good']}, bad {cs['bad']}, "
                 f"mixed {cs['mixed']}, empty {cs['empty']}")
-            if freeze_to:
-                _freeze(final, os.path.join(freeze_to, os.path.basename(os.path.abspath(corpus)), name), log)
+            if frozen:
+                _freeze(final, frozen, log)
         except KeyboardInterrupt:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -276,9 +276,11 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
             log(f"  FAILED: {str(e)[:500]}")
 
 
-def _freeze(job_dir, dest, log) -> None:
-    from ranker.develop.dataset import freeze_job
+def _freeze(job_dir, dest, log, only_if_missing=False) -> None:
+    from ranker.develop.dataset import freeze_job, is_frozen
 
+    if only_if_missing and is_frozen(dest):
+        return
     try:
         freeze_job(job_dir, dest)
         log(f"  frozen to {dest}")
