@@ -1,7 +1,7 @@
 """Facility-scale benchmark: every figure of README.md's speed table from ONE run on one machine.
 
     python bench/bench_scale.py [--sizes 10000,1000000] [--classes 200] [--repeat 3] [--workdir /tmp/rer_bench]
-                                [--model models/relion_external_rank_v4.npz] [--j 2]
+                                [--model models/relion_external_rank_v5.npz] [--j 2]
 
 For each particle count it makes a synthetic Class2D job (bench/make_big_job.py, in
 WORKDIR/nN; reused if present) and times, interleaved and ``--repeat`` times each (the

@@ -9,4 +9,4 @@ Two houses:
   fitting, metrics). Entry: ``python -m ranker.develop``. The runtime never imports it.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

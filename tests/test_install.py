@@ -69,7 +69,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_command_with_the_shipped_weights(
     assert r.returncode == 0, r.stderr
     shutil.rmtree(repo)  # the installed command must not need the source tree
     pkg = os.path.join(purelib, "ranker")
-    for rel in ("models/relion_external_rank_v4.npz", "models/MODEL_CARD.md", "runtime/job.py",
+    for rel in ("models/relion_external_rank_v5.npz", "models/MODEL_CARD.md", "runtime/job.py",
                 "develop/simulate/project.py", "develop/commands/train.py",
                 "develop/simulate/data/real_noise_spectrum.csv", "develop/simulate/data/real_junk_patches.npz",
                 "develop/simulate/data/LICENSE_Magellon"):
@@ -86,7 +86,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_command_with_the_shipped_weights(
     assert_example_ran(proj, r)
     run_out = (proj / "External" / "job003" / "run.out").read_text() if (proj / "External/job003/run.out").exists() \
         else r.stdout
-    assert os.path.join(pkg, "models", "relion_external_rank_v4.npz") in run_out
+    assert os.path.join(pkg, "models", "relion_external_rank_v5.npz") in run_out
 
 
 def test_install_sh_into_an_existing_python_and_relion_starting_the_entry_with_a_bare_python(tmp_path):
