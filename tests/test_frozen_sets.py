@@ -1,6 +1,6 @@
 """The frozen evaluation sets in ``datasets/realism`` (``datasets/README.md``): every frozen job is listed
 in the set of its split and nowhere else, the sets stay small, and the shipped model's figures on them
-are the ones ``models/MODEL_CARD.md`` quotes ("Frozen evaluation sets"). A change to the model or to
+are the ones ``models/MODEL_CARD.md`` quotes (its top section, for the default model v5). A change to the model or to
 the evaluation that moves them must update the model card with it."""
 import json
 import os
