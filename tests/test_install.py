@@ -17,6 +17,7 @@ import sysconfig
 import pytest
 
 from conftest import ROOT
+from ranker.runtime.model import SHIPPED_MODEL
 
 pytestmark = pytest.mark.slow
 OFFLINE = dict(os.environ, PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1")
@@ -69,7 +70,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_command_with_the_shipped_weights(
     assert r.returncode == 0, r.stderr
     shutil.rmtree(repo)  # the installed command must not need the source tree
     pkg = os.path.join(purelib, "ranker")
-    for rel in ("models/relion_external_rank_v5.npz", "models/MODEL_CARD.md", "runtime/job.py",
+    for rel in (f"models/{SHIPPED_MODEL}", "models/MODEL_CARD.md", "runtime/job.py",
                 "develop/simulate/project.py", "develop/commands/train.py",
                 "develop/simulate/data/real_noise_spectrum.csv", "develop/simulate/data/real_junk_patches.npz",
                 "develop/simulate/data/LICENSE_Magellon"):
@@ -86,7 +87,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_command_with_the_shipped_weights(
     assert_example_ran(proj, r)
     run_out = (proj / "External" / "job003" / "run.out").read_text() if (proj / "External/job003/run.out").exists() \
         else r.stdout
-    assert os.path.join(pkg, "models", "relion_external_rank_v5.npz") in run_out
+    assert os.path.join(pkg, "models", SHIPPED_MODEL) in run_out
 
 
 def test_install_sh_into_an_existing_python_and_relion_starting_the_entry_with_a_bare_python(tmp_path):
