@@ -52,3 +52,28 @@ def test_decision_accuracy_uses_truth_or_the_users_selection():
     # a user's selection (no counts): its 0/1 targets are the oracle; threshold 0.25 keeps class 2 too
     nan = float("nan")
     assert decision_accuracy(scores, [100, 50, 200], [nan] * 3, [1.0, 1.0, 0.0], 0.25) == 1.0
+
+
+def test_bootstrap_regret_brackets_the_pooled_figure_and_resamples_whole_jobs():
+    from ranker.develop.metrics import bootstrap_regret
+
+    regret, total = [0, 100, 0, 300], [1000, 1000, 1000, 1000]  # pooled 400 / 4000 = 10 %
+    low, high = bootstrap_regret(regret, total)
+    assert 0 <= low < 0.10 < high <= 0.30  # 30 %: every draw the worst job; 0: never a job with regret
+    assert bootstrap_regret(regret, total) == (low, high)  # seeded: the same interval each run
+    assert bootstrap_regret([5, 5, 5], [100, 100, 100]) == pytest.approx((0.05, 0.05))  # no spread between jobs
+    assert all(np.isnan(bootstrap_regret([5], [100])))  # one job: no interval
+
+
+def test_paired_regret_difference_tells_a_consistent_gain_from_one_lucky_job():
+    from ranker.develop.metrics import paired_regret_difference
+
+    total = [1000] * 10
+    a = [50] * 10
+    better = paired_regret_difference(a, [40] * 10, total)  # 10 particles fewer in every job
+    assert better["difference"] == pytest.approx(-0.01) and better["high"] < 0 and better["b_better"] == 1
+    lucky = paired_regret_difference(a, [0] + [55] * 9, total)  # one job much better, nine a little worse
+    assert lucky["difference"] == pytest.approx((0 + 9 * 55 - 500) / 10000)
+    assert lucky["low"] < 0 < lucky["high"] and 0 < lucky["b_better"] < 1
+    same = paired_regret_difference(a, a, total)
+    assert same["difference"] == same["low"] == same["high"] == 0 and same["b_better"] == 0

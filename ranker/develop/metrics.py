@@ -60,3 +60,36 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     out["junk_removed_vs_oracle"] = (out["junk_removed"] / out["oracle_junk_removed"]
                                      if out["oracle_junk_removed"] else 1.0)
     return out
+
+
+def bootstrap_regret(regret, total, draws: int = 2000, level: float = 0.95, seed: int = 0) -> tuple:
+    """Percentile interval of a pooled regret fraction, resampling whole jobs with replacement.
+
+    ``regret`` and ``total`` are per job (particles, as :func:`selection_vs_oracle` counts them); the pooled
+    figure is sum(regret) / sum(total). Jobs, not classes, are the unit: a job's classes share one
+    classification, so they are not independent. Returns (low, high); (nan, nan) for fewer than two jobs.
+    """
+    regret, total = np.asarray(regret, float), np.asarray(total, float)
+    if len(regret) < 2:
+        return float("nan"), float("nan")
+    pick = np.random.default_rng(seed).integers(0, len(regret), size=(draws, len(regret)))
+    pooled = regret[pick].sum(1) / np.maximum(total[pick].sum(1), 1)
+    return tuple(float(q) for q in np.quantile(pooled, [(1 - level) / 2, (1 + level) / 2]))
+
+
+def paired_regret_difference(regret_a, regret_b, total, draws: int = 2000, level: float = 0.95,
+                             seed: int = 0) -> dict:
+    """Pooled regret of selection B minus that of selection A on the same jobs, with a paired bootstrap over jobs.
+
+    ``regret_a``, ``regret_b`` and ``total`` are per job, in particles. Returns ``difference`` (fraction of all
+    particles; negative: B regrets less), its percentile interval ``low``/``high`` and ``b_better``, the
+    fraction of resamples in which B's pooled regret is lower than A's.
+    """
+    a, b, total = (np.asarray(x, float) for x in (regret_a, regret_b, total))
+    out = {"difference": float((b.sum() - a.sum()) / max(total.sum(), 1))}
+    if len(a) < 2:
+        return dict(out, low=float("nan"), high=float("nan"), b_better=float("nan"))
+    pick = np.random.default_rng(seed).integers(0, len(a), size=(draws, len(a)))
+    diff = (b[pick].sum(1) - a[pick].sum(1)) / np.maximum(total[pick].sum(1), 1)
+    low, high = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
+    return dict(out, low=float(low), high=float(high), b_better=float(np.mean(diff < 0)))

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m ranker.develop evaluate JOB_DIR [JOB_DIR ...] [--model PATH] [--out report.md]
+    python -m ranker.develop evaluate JOB_DIR [JOB_DIR ...] [--model PATH] [--baseline PATH] [--out report.md]
 
 Each JOB_DIR is a RELION project with a Class2D job and ``class_truth.csv`` (as the shared
 fixtures and :mod:`ranker.develop.simulate` make them). Prints, per job and pooled:
@@ -10,7 +10,11 @@ fixtures and :mod:`ranker.develop.simulate` make them). Prints, per job and pool
 * ROC-AUC separating good classes (>= 80 % true particles) from bad ones (<= 20 %);
 * the regret at 0.5: particles whose fate differs from the class-level oracle's beyond what the
   oracle gets wrong anyway (each class decided unlike the oracle costs |true - junk| particles),
-  as a fraction of all particles, per job and pooled (:func:`ranker.develop.metrics.selection_vs_oracle`);
+  as a fraction of all particles, per job and pooled (:func:`ranker.develop.metrics.selection_vs_oracle`),
+  the pooled figure with a 95 % bootstrap interval over jobs (:func:`ranker.develop.metrics.bootstrap_regret`);
+* with ``--baseline``: the same jobs scored by a second model, and the pooled regret difference with a
+  paired bootstrap interval over jobs (:func:`ranker.develop.metrics.paired_regret_difference`): whether
+  a new model is better beyond what the choice of jobs can explain;
 * at ``--min_score 0.5`` and ``auto``: true particles kept and junk particles removed,
   as fractions of what the oracle achieves (the oracle keeps exactly the classes with
   >= 50 % true particles), and the junk inside majority-true classes that no class
@@ -27,12 +31,15 @@ from __future__ import annotations
 import numpy as np
 
 from ranker.develop.dataset import from_truth_job
-from ranker.develop.metrics import roc_auc, selection_vs_oracle
+from ranker.develop.metrics import bootstrap_regret, paired_regret_difference, roc_auc, selection_vs_oracle
 from ranker.develop.truth import JUNK_KINDS, TARGETS, class_truth_counts
 from ranker.runtime.threshold import auto_threshold
 
 
 NEAR_CUT = 0.15  # a class within 15 points of the oracle's 50 % cut counts as "near the cut"
+#: a job whose largest class holds at least this fraction of its particles is a collapsed classification: a
+#: single keep/reject decision decides most of its regret (common in small simulated jobs, rare in real ones)
+COLLAPSED = 0.5
 
 
 def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, use_context=True,
@@ -86,7 +93,8 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
         clear = scored & ((purity >= 0.8) | (purity <= 0.2))
         auc = roc_auc(s[clear], purity[clear] >= 0.8)
         row = {"job": project, "auc": auc, "n_good": int((clear & (purity >= 0.8)).sum()),
-               "n_bad": int((clear & (purity <= 0.2)).sum()), "n_classes": len(numbers)}
+               "n_bad": int((clear & (purity <= 0.2)).sum()), "n_classes": len(numbers),
+               "largest_class_share": float(n.max() / n.sum()) if n.sum() else float("nan")}
         for name, thr in (("0.5", 0.5), ("auto", auto_threshold(s[scored]))):
             m = selection_vs_oracle(scored & (s >= thr), n, t)
             row[name] = dict(m, threshold=thr)
@@ -107,8 +115,17 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
                         "junk_unremovable_fraction": tot["junk_unremovable"] / max(tot["junk_total"], 1),
                         "decision_agreement": tot["agreeing"] / max(tot["true_total"] + tot["junk_total"], 1),
                         "regret": tot["regret"] / max(tot["true_total"] + tot["junk_total"], 1),
+                        "regret_ci95": bootstrap_regret([j[name]["regret"] for j in per_job], job_particles(per_job, name)),
+                        "jobs": len(per_job),
                         "oracle_misplaced": (tot["junk_unremovable"] + tot["true_total"] - tot["oracle_true_kept"])
                         / max(tot["true_total"] + tot["junk_total"], 1)}
+    result["by_collapse"] = {}
+    for group, inside in (("collapsed", lambda f: f >= COLLAPSED), ("resolved", lambda f: not f >= COLLAPSED)):
+        rows = [j for j in per_job if inside(j["largest_class_share"])]
+        if rows:
+            regret, total = [j["0.5"]["regret"] for j in rows], job_particles(rows)
+            result["by_collapse"][group] = {"jobs": len(rows), "regret": sum(regret) / max(sum(total), 1),
+                                            "regret_ci95": bootstrap_regret(regret, total)}
     bins = np.linspace(0, 1, 6)
     table = []
     for lo, hi in zip(bins[:-1], bins[1:]):
@@ -128,6 +145,22 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
     result["misses_by_purity"] = {k: v / max(oracle_junk if k.startswith("junk") else oracle_true, 1)
                                   for k, v in near.items()}
     return result
+
+
+def job_particles(per_job: list, name: str = "0.5") -> list:
+    """Particles of each job of a :func:`figures` result's ``jobs`` (true + junk)."""
+    return [j[name]["true_total"] + j[name]["junk_total"] for j in per_job]
+
+
+def compare(baseline: dict, candidate: dict, threshold: str = "0.5") -> dict:
+    """Pooled regret of ``candidate`` minus ``baseline`` (two :func:`evaluate` results on the same jobs, in the
+    same order), with its paired bootstrap interval over jobs and the fraction of resamples the candidate wins."""
+    jobs_a, jobs_b = baseline["jobs"], candidate["jobs"]
+    if [j["job"] for j in jobs_a] != [j["job"] for j in jobs_b]:
+        raise ValueError("compare: the two evaluations are not of the same jobs")
+    return dict(paired_regret_difference([j[threshold]["regret"] for j in jobs_a], [j[threshold]["regret"] for j in jobs_b],
+                                         job_particles(jobs_a, threshold)),
+                baseline_model=baseline["model"], baseline_regret=baseline[threshold]["regret"], threshold=threshold)
 
 
 def job_regret(m: dict) -> float:
@@ -158,8 +191,20 @@ def to_markdown(r: dict) -> str:
     out += ["", f"Pooled AUC (good >= 80 % vs bad <= 20 % true particles): **{r['pooled_auc']:.3f}**", "",
             f"Regret at 0.5 (particles decided unlike the class-level oracle beyond its own misplaced ones, "
             f"|true - junk| per class decided otherwise, over all particles): **{100 * r['0.5']['regret']:.2f} %** "
-            f"pooled (auto threshold: {100 * r['auto']['regret']:.2f} %); the oracle itself misplaces "
+            f"pooled{ci(r['0.5'])} (auto threshold: {100 * r['auto']['regret']:.2f} %{ci(r['auto'])}); the oracle itself misplaces "
             f"{100 * r['0.5']['oracle_misplaced']:.1f} % (junk in kept classes + real particles in removed ones).", ""]
+    groups = r.get("by_collapse", {})
+    if len(groups) == 2:
+        c, v = groups["collapsed"], groups["resolved"]
+        out += [f"Regret at 0.5 in the {c['jobs']} collapsed jobs (largest class >= {100 * COLLAPSED:.0f} % of the job's "
+                f"particles: a single keep/reject decision decides most of it) {100 * c['regret']:.2f} %{ci(c)}; in the "
+                f"{v['jobs']} other job{'s' * (v['jobs'] > 1)} {100 * v['regret']:.2f} %{ci(v)}.", ""]
+    if r.get("baseline"):
+        b = r["baseline"]
+        out += [f"Against the baseline `{b['baseline_model']}` on the same jobs (regret at {b['threshold']} "
+                f"{100 * b['baseline_regret']:.2f} %): difference **{100 * b['difference']:+.2f} points** (paired "
+                f"bootstrap over jobs, 95 %: {100 * b['low']:+.2f} to {100 * b['high']:+.2f}; this model regrets less in "
+                f"{100 * b['b_better']:.0f} % of the resamples): " + verdict(b, len(r["jobs"])), ""]
     for name in ("0.5", "auto"):
         m = r[name]
         out.append(f"- threshold {name}: true particles kept {100 * m['true_kept_vs_oracle']:.1f} % of the oracle's, "
@@ -190,9 +235,28 @@ def to_markdown(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def verdict(c: dict, n_jobs: int) -> str:
+    """One sentence on a :func:`compare` result: better or worse beyond what the choice of jobs explains, or neither."""
+    if c["high"] < 0:
+        text = "better than the baseline beyond what the choice of jobs explains."
+    elif c["low"] > 0:
+        text = "worse than the baseline beyond what the choice of jobs explains."
+    else:
+        text = "the interval reaches 0: these jobs cannot tell the two models apart."
+    return text + (f" With {n_jobs} jobs the interval itself is rough." if n_jobs < 10 else "")
+
+
+def ci(m: dict) -> str:
+    """`` (95 % over jobs: a-b %)`` for a pooled figure that has a bootstrap interval, else empty."""
+    low, high = m.get("regret_ci95", (float("nan"),) * 2)
+    return f", 95 % over {m['jobs']} jobs {100 * low:.2f}-{100 * high:.2f} %" if np.isfinite(low) else ""
+
+
 def add_args(p) -> None:
     p.add_argument("jobs", nargs="+", help="RELION projects with a Class2D job and class_truth.csv")
     p.add_argument("--model", default=None, help="weights (default: the shipped model)")
+    p.add_argument("--baseline", default=None, help="also score the jobs with these weights and report the "
+                   "pooled regret difference with a paired bootstrap interval over jobs ('shipped': the default model)")
     p.add_argument("--out", help="also write the Markdown report here")
     p.add_argument("--tta", choices=["model", "on", "off"], default="model",
                    help="test-time averaging over 8 rotations/flips: as stored in the model, or forced on/off")
@@ -207,8 +271,13 @@ def add_args(p) -> None:
 
 def main(args) -> int:
     kinds = tuple(k for k in args.ignore_kinds.split(",") if k)
-    report = to_markdown(evaluate(args.jobs, args.model, tta={"model": None, "on": True, "off": False}[args.tta],
-                                  ignore_kinds=kinds, use_context=not args.no_job_context, target=args.target))
+    options = dict(tta={"model": None, "on": True, "off": False}[args.tta], ignore_kinds=kinds,
+                   use_context=not args.no_job_context, target=args.target)
+    result = evaluate(args.jobs, args.model, **options)
+    if args.baseline:
+        base = evaluate(args.jobs, None if args.baseline == "shipped" else args.baseline, log=lambda *a: None, **options)
+        result["baseline"] = compare(base, result)
+    report = to_markdown(result)
     print(report)
     if args.out:
         open(args.out, "w").write(report)
