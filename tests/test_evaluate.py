@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import R5, SIM
+from conftest import R5, ROOT, SIM
 from ranker.develop.__main__ import main as develop
 from ranker.develop.commands import evaluate as evalmod
 from ranker.runtime.model import Ranker
@@ -44,13 +44,12 @@ def test_keeping_everything_is_scored_as_keeping_all_junk(monkeypatch):
     assert r5["0.5"]["regret"] == 988 and r["0.5"]["regret"] == pytest.approx((968 + 988) / 7700)
     low, high = r["0.5"]["regret_ci95"]
     assert low == pytest.approx(968 / 3850) and high == pytest.approx(988 / 3850) and low < r["0.5"]["regret"] < high
-    assert f"95 % over 2 jobs {100 * 968 / 3850:.2f}-{100 * 988 / 3850:.2f} %" in evalmod.to_markdown(r)
+    assert f"95 % over 2 jobs (rough) {100 * 968 / 3850:.2f}-{100 * 988 / 3850:.2f} %" in evalmod.to_markdown(r)
 
 
-def test_regret_is_split_between_collapsed_and_resolved_classifications(monkeypatch):
+def test_regret_is_split_between_collapsed_and_other_classifications(monkeypatch):
     """A frozen held-out job whose RELION run put 99 % of its particles in one class (collapsed) and the fixture
     class2d_sim (largest class under half of its particles), everything kept: each group's regret is its own."""
-    from conftest import ROOT
     from ranker.develop.truth import class_truth_counts
 
     collapsed = f"{ROOT}/datasets/realism/corpus_r6/job0008"
@@ -61,11 +60,11 @@ def test_regret_is_split_between_collapsed_and_resolved_classifications(monkeypa
     assert max(c[0] for c in counts) / n >= 0.99 and r["jobs"][1]["largest_class_share"] >= 0.99
     assert r["jobs"][0]["largest_class_share"] < evalmod.COLLAPSED
     groups = r["by_collapse"]
-    assert groups["resolved"]["jobs"] == groups["collapsed"]["jobs"] == 1
-    assert groups["resolved"]["regret"] == pytest.approx(968 / 3850)  # class2d_sim's junk class 7, kept
+    assert groups["other"]["jobs"] == groups["collapsed"]["jobs"] == 1
+    assert groups["other"]["regret"] == pytest.approx(968 / 3850)  # class2d_sim's junk class 7, kept
     regret = sum(abs(2 * c[1] - c[0]) for c in counts if c[1] < 0.5 * c[0] and c[0] > 10)  # its junk-majority classes
     assert groups["collapsed"]["regret"] == pytest.approx(regret / n) and regret > 0
-    assert "in the 1 collapsed jobs (largest class >= 50 %" in evalmod.to_markdown(r)
+    assert "in the 1 collapsed job (largest class >= 50 %" in evalmod.to_markdown(r)
     assert f"in the 1 other job {100 * 968 / 3850:.2f} %." in evalmod.to_markdown(r)
 
 
@@ -119,23 +118,34 @@ def test_detail_target_counts_a_featureless_class_of_real_particles_as_junk(tmp_
 
 
 def test_baseline_gives_the_paired_difference_between_two_models(monkeypatch, capsys):
-    """--baseline scores the same jobs with a second model: here a model that keeps everything (the monkeypatched
-    scorer, used for both runs) against itself gives difference 0, and compare() of keep-all vs the shipped model
-    shows the shipped model's lower regret."""
-    shipped = evalmod.evaluate([SIM, R5], log=lambda *a: None)
-    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.full(len(v), 0.9, np.float32))
-    keep_all = evalmod.evaluate([SIM, R5], log=lambda *a: None)
-    c = evalmod.compare(keep_all, shipped)
-    assert c["difference"] == pytest.approx(shipped["0.5"]["regret"] - keep_all["0.5"]["regret"]) and c["difference"] < 0
-    assert c["baseline_regret"] == keep_all["0.5"]["regret"]
+    """--baseline scores the same jobs with a second model. The monkeypatched scorer keeps every class for v4's
+    weights and none for the shipped model's, so the report must show the two evaluations' own regrets."""
+    keep_all_for_v4 = lambda self, v, i, use_context=True: np.full(len(v), 0.9 if "_v4" in self.path else 0.1,
+                                                                   np.float32)
+    monkeypatch.setattr(Ranker, "score_job", keep_all_for_v4)
+    v4 = f"{ROOT}/models/relion_external_rank_v4.npz"
+    keep_all = evalmod.evaluate([SIM, R5], model_path=v4, log=lambda *a: None)
+    keep_none = evalmod.evaluate([SIM, R5], log=lambda *a: None)
+    assert keep_all["0.5"]["regret"] == pytest.approx((968 + 988) / 7700) and keep_none["0.5"]["regret"] > 0
+    c = evalmod.compare(keep_none, keep_all)
+    assert c["difference"] == pytest.approx(keep_all["0.5"]["regret"] - keep_none["0.5"]["regret"])
+    assert c["baseline_regret"] == keep_none["0.5"]["regret"]
     with pytest.raises(ValueError, match="not of the same jobs"):
         evalmod.compare(keep_all, evalmod.evaluate([SIM], log=lambda *a: None))
-    assert develop(["evaluate", SIM, R5, "--baseline", "shipped"]) == 0
+    assert develop(["evaluate", SIM, R5, "--model", v4, "--baseline", "shipped"]) == 0
     text = capsys.readouterr().out
-    assert "Against the baseline" in text and "difference **+0.00 points**" in text and "cannot tell" in text
+    assert f"(regret at 0.5 {100 * keep_none['0.5']['regret']:.2f} %): difference **{100 * c['difference']:+.2f} points**" in text
     assert "With 2 jobs the interval itself is rough" in text
-    assert evalmod.verdict(dict(low=-0.02, high=-0.01), 50).startswith("better") and evalmod.verdict(
-        dict(low=0.01, high=0.02), 50).startswith("worse") and "rough" not in evalmod.verdict(dict(low=-0.01, high=0.01), 10)
+
+
+def test_verdict_counts_an_interval_ending_at_zero_as_undecided():
+    assert evalmod.verdict(dict(low=-0.02, high=-0.01), 50).startswith("better")
+    assert evalmod.verdict(dict(low=0.01, high=0.02), 50).startswith("worse")
+    assert evalmod.verdict(dict(low=-0.027, high=0.0), 50).startswith("the interval reaches 0")  # a tie at the top
+    assert evalmod.verdict(dict(low=0.0, high=0.01), 50).startswith("the interval reaches 0")
+    assert "rough" not in evalmod.verdict(dict(low=-0.01, high=0.01), 10)
+    assert evalmod.verdict(dict(low=float("nan"), high=float("nan")), 1) == "with 1 job there is no interval."
+    assert evalmod.count_jobs(1, "other") == "1 other job" and evalmod.count_jobs(3) == "3 jobs"
 
 
 def test_shipped_model_on_the_real_micrograph_jobs():

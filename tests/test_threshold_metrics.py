@@ -54,8 +54,9 @@ def test_decision_accuracy_uses_truth_or_the_users_selection():
     assert decision_accuracy(scores, [100, 50, 200], [nan] * 3, [1.0, 1.0, 0.0], 0.25) == 1.0
 
 
+
 def test_bootstrap_regret_brackets_the_pooled_figure_and_resamples_whole_jobs():
-    from ranker.develop.metrics import bootstrap_regret
+    from ranker.develop.metrics import bootstrap_regret, pooled_regret
 
     regret, total = [0, 100, 0, 300], [1000, 1000, 1000, 1000]  # pooled 400 / 4000 = 10 %
     low, high = bootstrap_regret(regret, total)
@@ -63,6 +64,17 @@ def test_bootstrap_regret_brackets_the_pooled_figure_and_resamples_whole_jobs():
     assert bootstrap_regret(regret, total) == (low, high)  # seeded: the same interval each run
     assert bootstrap_regret([5, 5, 5], [100, 100, 100]) == pytest.approx((0.05, 0.05))  # no spread between jobs
     assert all(np.isnan(bootstrap_regret([5], [100])))  # one job: no interval
+
+
+def test_pooled_regret_is_a_ratio_of_sums_so_large_jobs_weigh_more():
+    from ranker.develop.metrics import bootstrap_regret, pooled_regret
+
+    regret, total = [90, 1], [100, 10000]  # per job 90 % and 0.01 %: their mean would be 45 %
+    assert pooled_regret(regret, total) == pytest.approx(91 / 10100)
+    low, high = bootstrap_regret(regret, total, draws=4000)
+    # resamples: the large job twice (0.01 %), once each (91 / 10100), the small job twice (90 %)
+    assert low == pytest.approx(1 / 10000) and high == pytest.approx(0.9)
+    assert pooled_regret([0], [0]) == 0  # no particles: no division by zero
 
 
 def test_paired_regret_difference_tells_a_consistent_gain_from_one_lucky_job():
@@ -74,6 +86,19 @@ def test_paired_regret_difference_tells_a_consistent_gain_from_one_lucky_job():
     assert better["difference"] == pytest.approx(-0.01) and better["high"] < 0 and better["b_better"] == 1
     lucky = paired_regret_difference(a, [0] + [55] * 9, total)  # one job much better, nine a little worse
     assert lucky["difference"] == pytest.approx((0 + 9 * 55 - 500) / 10000)
-    assert lucky["low"] < 0 < lucky["high"] and 0 < lucky["b_better"] < 1
+    assert lucky["low"] < 0 < lucky["high"] and 0 < lucky["b_better"] < 1 and 0 < lucky["b_worse"] < 1
     same = paired_regret_difference(a, a, total)
-    assert same["difference"] == same["low"] == same["high"] == 0 and same["b_better"] == 0
+    assert same["difference"] == same["low"] == same["high"] == 0 and same["b_better"] == same["b_worse"] == 0
+    one = paired_regret_difference([5], [3], [100])
+    assert one["difference"] == pytest.approx(-0.02) and np.isnan(one["low"]) and np.isnan(one["b_better"])
+
+
+def test_paired_regret_difference_pairs_the_jobs():
+    """A's regret varies widely between jobs; B is A minus 1 particle in every job. Resampled in pairs, B is better
+    in every draw; resampled independently, the spread between jobs would swamp the 1-particle gain."""
+    from ranker.develop.metrics import paired_regret_difference
+
+    a = np.array([0, 400, 10, 900, 50, 700, 5, 300, 20, 600]) + 1
+    d = paired_regret_difference(a, a - 1, [1000] * 10)
+    assert d["difference"] == pytest.approx(-10 / 10000)
+    assert d["b_better"] == 1 and d["high"] < 0 and d["low"] > -0.0011

@@ -62,18 +62,34 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     return out
 
 
+
+def pooled_regret(regret, total) -> float:
+    """Pooled regret fraction of several jobs: sum(regret) / sum(total), both per job in particles."""
+    return float(np.sum(regret) / max(float(np.sum(total)), 1.0))
+
+
+def _resampled_jobs(n_jobs: int, draws: int, seed: int) -> np.ndarray:
+    """(draws, n_jobs) job indices drawn with replacement: the bootstrap over jobs (seeded, so reproducible)."""
+    return np.random.default_rng(seed).integers(0, n_jobs, size=(draws, n_jobs))
+
+
+def _pooled_per_draw(values, total, pick) -> np.ndarray:
+    """Pooled fraction sum(values) / sum(total) of each resample's jobs; ``pick`` from :func:`_resampled_jobs`."""
+    return values[pick].sum(1) / np.maximum(total[pick].sum(1), 1.0)
+
+
 def bootstrap_regret(regret, total, draws: int = 2000, level: float = 0.95, seed: int = 0) -> tuple:
     """Percentile interval of a pooled regret fraction, resampling whole jobs with replacement.
 
     ``regret`` and ``total`` are per job (particles, as :func:`selection_vs_oracle` counts them); the pooled
-    figure is sum(regret) / sum(total). Jobs, not classes, are the unit: a job's classes share one
-    classification, so they are not independent. Returns (low, high); (nan, nan) for fewer than two jobs.
+    figure is :func:`pooled_regret`, a ratio of sums (large jobs weigh more). Jobs, not classes, are the unit:
+    a job's classes share one classification. Returns (low, high) as fractions; (nan, nan) for fewer than two
+    jobs. With few jobs (< 10) the interval is little more than the range of the per-job regrets.
     """
     regret, total = np.asarray(regret, float), np.asarray(total, float)
     if len(regret) < 2:
         return float("nan"), float("nan")
-    pick = np.random.default_rng(seed).integers(0, len(regret), size=(draws, len(regret)))
-    pooled = regret[pick].sum(1) / np.maximum(total[pick].sum(1), 1)
+    pooled = _pooled_per_draw(regret, total, _resampled_jobs(len(regret), draws, seed))
     return tuple(float(q) for q in np.quantile(pooled, [(1 - level) / 2, (1 + level) / 2]))
 
 
@@ -81,15 +97,18 @@ def paired_regret_difference(regret_a, regret_b, total, draws: int = 2000, level
                              seed: int = 0) -> dict:
     """Pooled regret of selection B minus that of selection A on the same jobs, with a paired bootstrap over jobs.
 
-    ``regret_a``, ``regret_b`` and ``total`` are per job, in particles. Returns ``difference`` (fraction of all
-    particles; negative: B regrets less), its percentile interval ``low``/``high`` and ``b_better``, the
-    fraction of resamples in which B's pooled regret is lower than A's.
+    ``regret_a``, ``regret_b`` and ``total`` are per job, in particles; each resample draws the same jobs for A
+    and B. Returns ``difference`` (fraction of all particles; negative: B regrets less), its percentile interval
+    ``low``/``high``, and the fractions of resamples in which B's pooled regret is lower (``b_better``) and
+    higher (``b_worse``) than A's; the rest are ties (the two selections differ on few jobs). The resampling
+    covers the choice of jobs, not the training seed: compare seed twins for that.
     """
     a, b, total = (np.asarray(x, float) for x in (regret_a, regret_b, total))
-    out = {"difference": float((b.sum() - a.sum()) / max(total.sum(), 1))}
+    out = {"difference": pooled_regret(b, total) - pooled_regret(a, total)}
     if len(a) < 2:
-        return dict(out, low=float("nan"), high=float("nan"), b_better=float("nan"))
-    pick = np.random.default_rng(seed).integers(0, len(a), size=(draws, len(a)))
-    diff = (b[pick].sum(1) - a[pick].sum(1)) / np.maximum(total[pick].sum(1), 1)
+        return dict(out, low=float("nan"), high=float("nan"), b_better=float("nan"), b_worse=float("nan"))
+    pick = _resampled_jobs(len(a), draws, seed)
+    diff = _pooled_per_draw(b - a, total, pick)
     low, high = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
-    return dict(out, low=float(low), high=float(high), b_better=float(np.mean(diff < 0)))
+    return dict(out, low=float(low), high=float(high), b_better=float(np.mean(diff < 0)),
+                b_worse=float(np.mean(diff > 0)))
