@@ -62,7 +62,6 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     return out
 
 
-
 def pooled_regret(regret, total) -> float:
     """Pooled regret fraction of several jobs: sum(regret) / sum(total), both per job in particles."""
     return float(np.sum(regret) / max(float(np.sum(total)), 1.0))
@@ -78,6 +77,12 @@ def _pooled_per_draw(values, total, pick) -> np.ndarray:
     return values[pick].sum(1) / np.maximum(total[pick].sum(1), 1.0)
 
 
+def _percentile_interval(values, level: float) -> tuple:
+    """The central ``level`` percentile interval (low, high) of bootstrap ``values``."""
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def bootstrap_regret(regret, total, draws: int = 2000, level: float = 0.95, seed: int = 0) -> tuple:
     """Percentile interval of a pooled regret fraction, resampling whole jobs with replacement.
 
@@ -89,8 +94,7 @@ def bootstrap_regret(regret, total, draws: int = 2000, level: float = 0.95, seed
     regret, total = np.asarray(regret, float), np.asarray(total, float)
     if len(regret) < 2:
         return float("nan"), float("nan")
-    pooled = _pooled_per_draw(regret, total, _resampled_jobs(len(regret), draws, seed))
-    return tuple(float(q) for q in np.quantile(pooled, [(1 - level) / 2, (1 + level) / 2]))
+    return _percentile_interval(_pooled_per_draw(regret, total, _resampled_jobs(len(regret), draws, seed)), level)
 
 
 def paired_regret_difference(regret_a, regret_b, total, draws: int = 2000, level: float = 0.95,
@@ -109,6 +113,6 @@ def paired_regret_difference(regret_a, regret_b, total, draws: int = 2000, level
         return dict(out, low=float("nan"), high=float("nan"), b_better=float("nan"), b_worse=float("nan"))
     pick = _resampled_jobs(len(a), draws, seed)
     diff = _pooled_per_draw(b - a, total, pick)
-    low, high = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
-    return dict(out, low=float(low), high=float(high), b_better=float(np.mean(diff < 0)),
+    low, high = _percentile_interval(diff, level)
+    return dict(out, low=low, high=high, b_better=float(np.mean(diff < 0)),
                 b_worse=float(np.mean(diff > 0)))
