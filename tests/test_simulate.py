@@ -170,3 +170,42 @@ def test_freeze_to_also_freezes_jobs_made_before_it_was_given(tmp_path, monkeypa
     corpus.run_many(str(tmp_path / "c"), 40, None, 7, (), 130, only=[3], log=lambda m: None,
                     freeze_to=str(tmp_path / "frozen"))
     assert os.listdir(tmp_path / "frozen" / "c" / "job0003")
+
+
+def test_ctf_intact_first_peak_marks_only_the_ctf_corrected_jobs_and_changes_no_draw():
+    plain = [sample_spec(i, 9, {}, budget=400, recipe="realism") for i in range(1, 41)]
+    intact = [sample_spec(i, 9, {}, budget=400, recipe="realism", ctf_intact_first_peak=True) for i in range(1, 41)]
+    for a, b in zip(plain, intact):
+        b = dict(b)
+        assert b.pop("ctf_intact_first_peak", False) == a["ctf_correct"]
+        assert a == b
+    assert {s["ctf_correct"] for s in plain} == {True, False}
+    v3 = sample_spec(3, 7, {}, budget=130, ctf_intact_first_peak=True)  # v3 specs are all CTF-corrected
+    assert v3.pop("ctf_intact_first_peak") is True and v3 == sample_spec(3, 7, {}, budget=130)
+
+
+def test_ctf_intact_first_peak_reaches_relion_refine_and_is_refused_where_it_cannot_apply(tmp_path, monkeypatch):
+    from ranker.develop.simulate import project as sp
+
+    (tmp_path / "Class2D" / "job002").mkdir(parents=True)
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        raise sp.JobError("not run")
+
+    monkeypatch.setattr(sp.subprocess, "run", fake_run)
+    for spec in ({}, {"ctf_intact_first_peak": True}):
+        with pytest.raises(sp.JobError):
+            sp._relion_class2d(str(tmp_path), sp.resolve_spec(spec), 120.0, None)
+    assert "--ctf" in seen[0] and "--ctf_intact_first_peak" not in seen[0]
+    assert "--ctf" in seen[1] and "--ctf_intact_first_peak" in seen[1]
+    with pytest.raises(ValueError, match="needs ctf_correct"):
+        sp.resolve_spec({"ctf_intact_first_peak": True, "ctf_correct": False})
+    with pytest.raises(ValueError, match="quick classifier"):
+        sp.resolve_spec({"ctf_intact_first_peak": True, "classifier": "quick"})
+    monkeypatch.undo()  # sp.subprocess is the subprocess module
+    r = subprocess.run([sys.executable, "-m", "ranker.develop", "corpus", "/nonexistent", "--classifier", "quick",
+                        "--ctf_intact_first_peak"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "--ctf_intact_first_peak needs --classifier relion" in r.stderr
+    assert not os.path.exists("/nonexistent")

@@ -48,6 +48,9 @@ def add_args(p) -> None:
                    help="v3: the parameters of v3's corpora (reproduced exactly); realism: coloured real noise, "
                         "ice gradients, crowded fields, blurry blob junk, no CTF correction in part, more elongated / "
                         "multi-domain shapes, larger jobs (ranker.develop.simulate.corpus.sample_spec)")
+    p.add_argument("--ctf_intact_first_peak", action="store_true",
+                   help="classify the CTF-corrected jobs with relion_refine --ctf --ctf_intact_first_peak (without "
+                        "it most CTF-corrected simulated jobs end in one class: MODEL_CARD)")
 
 
 def main(a) -> int:
@@ -61,6 +64,8 @@ def main(a) -> int:
     bad = [k for k in kinds if k not in JUNK_KINDS]
     if bad:
         raise UsageError(f"--junk_kinds: unknown kind(s) {','.join(bad)}; known: {','.join(JUNK_KINDS)}")
+    if a.ctf_intact_first_peak and a.classifier == "quick":
+        raise UsageError("--ctf_intact_first_peak needs --classifier relion (the quick classifier does not model it)")
     held = tuple(int(v) for v in a.heldout.split(",") if v)
     try:
         only = [int(v) for v in a.only.split(",") if v.strip()]
@@ -72,5 +77,5 @@ def main(a) -> int:
              a.retry_failed, a.stop_after_hours * 3600 if a.stop_after_hours else None,
              log=lambda m: print(m, flush=True), snr_range=tuple(a.snr_range),
              junk_kinds=kinds or None, classifier=a.classifier, recipe=a.recipe, keep=a.keep,
-             only=only or None, freeze_to=a.freeze or None)
+             only=only or None, freeze_to=a.freeze or None, ctf_intact_first_peak=a.ctf_intact_first_peak)
     return 0

@@ -77,6 +77,8 @@ def add_args(p) -> None:
                    help="ice-thickness field per micrograph: median ramp across a box, in noise sd")
     r.add_argument("--crowd_frac", type=float, default=0.0, help="fraction of good particles with neighbours")
     r.add_argument("--no_ctf_correct", action="store_true", help="classify without CTF correction")
+    r.add_argument("--ctf_intact_first_peak", action="store_true",
+                   help="classify with relion_refine --ctf --ctf_intact_first_peak")
 
 
 def spec_from_args(a) -> dict:
@@ -92,7 +94,8 @@ def spec_from_args(a) -> dict:
                 n_views=a.n_views, K=a.K, n_iter=a.iter, psi_step=a.psi_step, offset_range=a.offset_range,
                 offset_step=a.offset_step, threads=a.threads, seed=a.seed, split=a.split, classifier=a.classifier,
                 noise_model=a.noise_model, noise_colour=a.noise_colour, noise_stretch=a.noise_stretch,
-                ice_gradient=a.ice_gradient, crowd_frac=a.crowd_frac, ctf_correct=not a.no_ctf_correct)
+                ice_gradient=a.ice_gradient, crowd_frac=a.crowd_frac, ctf_correct=not a.no_ctf_correct,
+                ctf_intact_first_peak=a.ctf_intact_first_peak)
 
 
 def main(a) -> int:

@@ -95,7 +95,7 @@ def realism_options(rng):
 
 
 def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_range=(0.03, 0.3), junk_kinds=None,
-                recipe="v3"):
+                recipe="v3", ctf_intact_first_peak=False):
     """Parameters of corpus job number idx (deterministic in (base_seed, idx) and the options).
 
     structures: {name: info with 'npz' absolute path and 'r99_A'} (may be empty: pseudo only).
@@ -108,7 +108,10 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
     recipe: "v3" (the corpora of v3, reproduced exactly) or "realism" (the changes measured against
     real data, ranker.develop.realism: pseudo shapes weighted by REALISM_SHAPE_WEIGHTS and 55 % of
     jobs pseudo-atomic, 1,000-8,000 particles before the budget, blurry "blob" junk in at least 75 %
-    of jobs, and :func:`realism_options`)."""
+    of jobs, and :func:`realism_options`).
+    ctf_intact_first_peak: classify the job with ``relion_refine --ctf --ctf_intact_first_peak`` if it is
+    CTF-corrected (spec key ``ctf_intact_first_peak``; it changes no other draw, so a corpus seed gives the
+    same particles with and without it)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: one of {', '.join(RECIPES)}")
     realism = recipe == "realism"
@@ -204,12 +207,15 @@ def sample_spec(idx, base_seed, structures, heldout_idx=(), budget=None, snr_ran
         spec["n_mics"] = max(5, min(spec["n_mics"], n_of(spec) // 20))
         spec["est_refine_seconds"] = round(relion_seconds(box, n_of(spec), spec["K"], spec["n_iter"],
                                                           spec["psi_step"], spec["offset_range"]), 1)
+    if ctf_intact_first_peak and spec.get("ctf_correct", True):
+        spec["ctf_intact_first_peak"] = True
     return spec
 
 
 def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48), budget=None,
              relion_timeout=900, retry_failed=False, stop_after_s=None, log=print, snr_range=(0.03, 0.3),
-             junk_kinds=None, classifier="relion", recipe="v3", keep=False, only=None, freeze_to=None):
+             junk_kinds=None, classifier="relion", recipe="v3", keep=False, only=None, freeze_to=None,
+             ctf_intact_first_peak=False):
     """Build jobs CORPUS/job0001..jobNNNN one at a time (skipping finished or failed ones).
 
     ``only``: job numbers to build instead of 1..n (each job's spec depends on its number and
@@ -221,7 +227,7 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
     ``keep``: keep particle stacks and all iterations (for ``python -m ranker.develop realism``).
     ``freeze_to``: freeze each finished job to FREEZE_TO/<corpus name>/jobNNNN as it is made
     (:func:`ranker.develop.dataset.freeze_job`), so a corpus lost later leaves its labelled classes;
-    a job that cannot be frozen is logged and kept."""
+    a job that cannot be frozen is logged and kept. ``ctf_intact_first_peak``: see :func:`sample_spec`."""
     os.makedirs(corpus, exist_ok=True)
     structures = {}
     if structures_dir and os.path.exists(os.path.join(structures_dir, "structures.json")):
@@ -249,7 +255,8 @@ def run_many(corpus, n, structures_dir=None, base_seed=1, heldout_idx=(8, 28, 48
         for d in (tmp, final):
             if os.path.exists(d):
                 shutil.rmtree(d)
-        spec = sample_spec(idx, base_seed, structures, heldout_idx, budget, snr_range, junk_kinds, recipe)
+        spec = sample_spec(idx, base_seed, structures, heldout_idx, budget, snr_range, junk_kinds, recipe,
+                           ctf_intact_first_peak)
         spec["classifier"] = classifier
         log(f"[{time.strftime('%H:%M:%S')}] {name} ({spec['split']}): {spec['protein']['name']} box {spec['box']} "
             f"x {spec['angpix']} A, SNR {spec['snr']}, good {spec['n_good']}, junk {spec['junk']}, "

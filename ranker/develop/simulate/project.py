@@ -66,6 +66,7 @@ DEFAULT_SPEC = dict(
     mask_diameter_A=None, pool=30, threads=1, seed=1, split="train", classifier="relion",
     # realism options (defaults: the earlier simulator, particle for particle; see REALISM_KEYS)
     noise_model="white", noise_colour=1.0, noise_stretch=1.0, ice_gradient=0.0, crowd_frac=0.0, ctf_correct=True,
+    ctf_intact_first_peak=False,
 )
 # What the realism options do (measured against real data by ``python -m ranker.develop realism``):
 REALISM_KEYS = dict(
@@ -77,6 +78,9 @@ REALISM_KEYS = dict(
                  "in noise sd (0: none)",
     crowd_frac="fraction of good particles with 1-3 neighbouring particles entering the box",
     ctf_correct="false: 2D classification without CTF correction (relion_refine without --ctf)",
+    ctf_intact_first_peak="true (with ctf_correct): relion_refine --ctf --ctf_intact_first_peak, CTF amplitudes "
+                          "left alone below the first peak (without it, most CTF-corrected simulated jobs end in "
+                          "one class: MODEL_CARD, 'Why CTF-corrected jobs collapse')",
 )
 
 
@@ -205,6 +209,10 @@ def resolve_spec(spec):
             raise ValueError(f"unknown junk kind {k}")
     if s["noise_model"] not in ("white", "real"):
         raise ValueError(f"noise_model {s['noise_model']!r}: white or real")
+    if s["ctf_intact_first_peak"] and not s["ctf_correct"]:
+        raise ValueError("ctf_intact_first_peak needs ctf_correct (relion_refine --ctf)")
+    if s["ctf_intact_first_peak"] and s["classifier"] == "quick":
+        raise ValueError("ctf_intact_first_peak: the quick classifier does not model it (use relion)")
     return s
 
 
@@ -797,7 +805,9 @@ def _relion_class2d(proj_dir, s, mask_diameter_A, relion_timeout):
     K, it = int(s["K"]), int(s["n_iter"])
     cmd = ["relion_refine", "--o", "Class2D/job002/run", "--i", "Import/job001/particles.star",
            "--dont_combine_weights_via_disc", "--preread_images", "--pool", str(int(s["pool"])), "--pad", "2",
-           *(["--ctf"] if s["ctf_correct"] else []), "--iter", str(it), "--tau2_fudge", f"{float(s['tau2_fudge']):g}",
+           *(["--ctf"] if s["ctf_correct"] else []),
+           *(["--ctf_intact_first_peak"] if s["ctf_correct"] and s["ctf_intact_first_peak"] else []),
+           "--iter", str(it), "--tau2_fudge", f"{float(s['tau2_fudge']):g}",
            "--particle_diameter", f"{mask_diameter_A:.0f}", "--K", str(K), "--flatten_solvent", "--zero_mask",
            "--oversampling", "1", "--psi_step", f"{float(s['psi_step']):g}", "--offset_range",
            f"{float(s['offset_range']):g}", "--offset_step", f"{float(s['offset_step']):g}",
