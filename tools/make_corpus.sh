@@ -10,6 +10,8 @@
 #        SEED=21 BUDGET=400 tools/make_corpus.sh 120 corpus_r1 --recipe realism
 #   a blob-rich corpus (blurry blob junk, the junk v4 keeps most):
 #        SEED=24 BUDGET=200 HELDOUT=8,28 tools/make_corpus.sh 60 corpus_r4 --recipe realism --junk_kinds blob,aggregate,offcentre
+#   CTF-corrected jobs classified with --ctf_intact_first_peak (they do not collapse into one class; MODEL_CARD):
+#        SEED=28 BUDGET=200 HELDOUT=0 tools/make_corpus.sh 60 corpus_r8 --recipe realism --ctf_intact_first_peak
 #   classes from the fast in-Python stand-in instead of relion_refine (not RELION; see MODEL_CARD):
 #        SEED=6 tools/make_corpus.sh 34 corpus_q6 --classifier quick
 #   env: PY (python with numpy, scipy, mrcfile, matplotlib; gemmi for mmCIF), SEED (1),
