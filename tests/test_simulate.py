@@ -209,3 +209,25 @@ def test_ctf_intact_first_peak_reaches_relion_refine_and_is_refused_where_it_can
                         "--ctf_intact_first_peak"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "--ctf_intact_first_peak needs --classifier relion" in r.stderr
     assert not os.path.exists("/nonexistent")
+
+
+def test_corpus_command_passes_ctf_intact_first_peak_to_the_specs(tmp_path, monkeypatch):
+    import ranker.develop.simulate.corpus as corpus
+    from ranker.develop.commands import corpus as corpus_cmd
+
+    built = []
+
+    def fake_build(spec, tmp, log=print, relion_timeout=900, keep=False):
+        built.append(spec)
+        os.makedirs(tmp)
+        return {"class_summary": dict(good=0, bad=0, mixed=0, empty=0), "seconds_total": 0.0}
+
+    monkeypatch.setattr(corpus, "build_project", fake_build)
+    import argparse
+    p = argparse.ArgumentParser()
+    corpus_cmd.add_args(p)
+    a = p.parse_args([str(tmp_path / "c"), "--seed", "7", "--budget", "130", "--only", "3",
+                      "--ctf_intact_first_peak"])
+    corpus_cmd.main(a)
+    assert built == [dict(sample_spec(3, 7, {}, budget=130, ctf_intact_first_peak=True), classifier="relion")]
+    assert built[0]["ctf_intact_first_peak"] is True

@@ -78,8 +78,8 @@ REALISM_KEYS = dict(
                  "in noise sd (0: none)",
     crowd_frac="fraction of good particles with 1-3 neighbouring particles entering the box",
     ctf_correct="false: 2D classification without CTF correction (relion_refine without --ctf)",
-    ctf_intact_first_peak="true (with ctf_correct): relion_refine --ctf --ctf_intact_first_peak, CTF amplitudes "
-                          "left alone below the first peak (without it, most CTF-corrected simulated jobs end in "
+    ctf_intact_first_peak="true (with ctf_correct): relion_refine --ctf --ctf_intact_first_peak, CTF taken as 1 "
+                          "up to its first peak (without it, most CTF-corrected simulated jobs end in "
                           "one class: MODEL_CARD, 'Why CTF-corrected jobs collapse')",
 )
 
