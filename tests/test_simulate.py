@@ -44,9 +44,8 @@ def test_unknown_junk_kind_is_refused():
     assert not os.path.exists("/nonexistent")
 
 
-def test_only_rebuilds_the_named_jobs_with_their_specs(tmp_path, monkeypatch):
-    import ranker.develop.simulate.corpus as corpus
-
+def _record_builds(corpus, monkeypatch):
+    """Replace build_project by a stand-in that records each spec and makes an empty job: returns the list."""
     built = []
 
     def fake_build(spec, tmp, log=print, relion_timeout=900, keep=False):
@@ -55,6 +54,13 @@ def test_only_rebuilds_the_named_jobs_with_their_specs(tmp_path, monkeypatch):
         return {"class_summary": dict(good=0, bad=0, mixed=0, empty=0), "seconds_total": 0.0}
 
     monkeypatch.setattr(corpus, "build_project", fake_build)
+    return built
+
+
+def test_only_rebuilds_the_named_jobs_with_their_specs(tmp_path, monkeypatch):
+    import ranker.develop.simulate.corpus as corpus
+
+    built = _record_builds(corpus, monkeypatch)
     corpus.run_many(str(tmp_path / "c"), 40, None, 7, (), 130, only=[13, 3, 13], log=lambda m: None)
     assert [s["seed"] for s in built] == [sample_spec(i, 7, {}, budget=130)["seed"] for i in (3, 13)]
     assert built == [dict(sample_spec(i, 7, {}, budget=130), classifier="relion") for i in (3, 13)]
@@ -215,14 +221,7 @@ def test_corpus_command_passes_ctf_intact_first_peak_to_the_specs(tmp_path, monk
     import ranker.develop.simulate.corpus as corpus
     from ranker.develop.commands import corpus as corpus_cmd
 
-    built = []
-
-    def fake_build(spec, tmp, log=print, relion_timeout=900, keep=False):
-        built.append(spec)
-        os.makedirs(tmp)
-        return {"class_summary": dict(good=0, bad=0, mixed=0, empty=0), "seconds_total": 0.0}
-
-    monkeypatch.setattr(corpus, "build_project", fake_build)
+    built = _record_builds(corpus, monkeypatch)
     import argparse
     p = argparse.ArgumentParser()
     corpus_cmd.add_args(p)
