@@ -54,8 +54,8 @@ def test_every_frozen_job_is_listed_once_in_the_set_of_its_split():
 
 def test_the_sets_are_small_and_documented():
     size = sum(os.path.getsize(os.path.join(b, f)) for b, _d, files in os.walk(SETS) for f in files)
-    # ~13 KB per class (64x64 float32 images hardly compress): the old 16 MiB limit held r1-r6's 165 jobs (13.5 MB), most of them collapsed into
-    # a few classes; r7 / r8's jobs spread over all their classes (~150 KB each)
+    # ~13 KB per class (64x64 float32 images hardly compress): the old 16 MiB limit held r1-r6's 165 jobs (13.5 MB),
+    # most of them collapsed into a few classes; r7 / r8's jobs spread over all their classes (~140 KB each)
     assert size < 28 * 1024 * 1024
     assert os.path.isfile(os.path.join(ROOT, "datasets", "README.md"))
 

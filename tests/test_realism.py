@@ -257,13 +257,11 @@ def test_realism_job_classified_by_relion_refine(tmp_path):
     assert sum(r["n_blob"] for r in rows) == 40 and sum(r["n_patch"] for r in rows) == 40
 
 
-def test_intact_first_peak_job_classified_by_relion_refine_is_read_as_relion_would(tmp_path):
+def test_intact_first_peak_job_classified_by_relion_refine_is_read_as_relion_would(tmp_path, monkeypatch):
     """A job classified with --ctf --ctf_intact_first_peak (spec key ctf_intact_first_peak): RELION records
     it in the optimiser, and the features see the class images first-peak corrected (features doc, section 8)."""
     from ranker.develop.dataset import featurise
-    from ranker.runtime.class2d import read_class2d
     from ranker.runtime.features import compute_features
-    from ranker.runtime.particles import scan_particles
 
     spec = {"protein": {"source": "pseudo", "shape": "multidomain", "n_res": 2500, "seed": 5, "name": "x"},
             "box": 48, "angpix": 4.0, "snr": 0.2, "n_good": 200, "junk": {"noise": 40, "blob": 40},
@@ -279,10 +277,6 @@ def test_intact_first_peak_job_classified_by_relion_refine_is_read_as_relion_wou
     assert np.isfinite(fs.vectors).all() and len(fs.rows) >= 1
     # the same class images without the correction give other features
     job.ignore_ctf_until_first_peak = False
-    cwd = os.getcwd()
-    os.chdir(proj)
-    try:
-        plain = compute_features(job, job.load_images(), parts.n_particles, parts.optics, parts.last_row)
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(proj)  # the job's paths are relative to the project
+    plain = compute_features(job, job.load_images(), parts.n_particles, parts.optics, parts.last_row)
     assert not np.allclose(plain.vectors, fs.vectors)

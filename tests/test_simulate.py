@@ -1,5 +1,6 @@
 """The training-data generator: corpus parameters, and one tiny project classified by real
 relion_refine (RELION 3.1.3) whose truth files agree with RELION's own class assignments."""
+import argparse
 import csv
 import json
 import os
@@ -215,6 +216,10 @@ def test_ctf_intact_first_peak_reaches_relion_refine_and_is_refused_where_it_can
                         "--ctf_intact_first_peak"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "--ctf_intact_first_peak needs --classifier relion" in r.stderr
     assert not os.path.exists("/nonexistent")
+    r = subprocess.run([sys.executable, "-m", "ranker.develop", "simulate", str(tmp_path / "s"), "--no_ctf_correct",
+                        "--ctf_intact_first_peak"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "options: ctf_intact_first_peak needs ctf_correct" in r.stderr
+    assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "s")
 
 
 def test_corpus_command_passes_ctf_intact_first_peak_to_the_specs(tmp_path, monkeypatch):
@@ -222,7 +227,6 @@ def test_corpus_command_passes_ctf_intact_first_peak_to_the_specs(tmp_path, monk
     from ranker.develop.commands import corpus as corpus_cmd
 
     built = _record_builds(corpus, monkeypatch)
-    import argparse
     p = argparse.ArgumentParser()
     corpus_cmd.add_args(p)
     a = p.parse_args([str(tmp_path / "c"), "--seed", "7", "--budget", "130", "--only", "3",

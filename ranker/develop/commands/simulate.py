@@ -99,13 +99,18 @@ def spec_from_args(a) -> dict:
 
 
 def main(a) -> int:
-    from ranker.develop.simulate.project import build_project
+    from ranker.develop.commands import UsageError
+    from ranker.develop.simulate.project import build_project, resolve_spec
 
     if a.spec:
         spec = json.load(open(a.spec))
         spec = spec.get("spec", spec)
     else:
         spec = spec_from_args(a)
+    try:
+        resolve_spec(spec)  # a spec that cannot be built: one usage line, not a traceback
+    except ValueError as exc:
+        raise UsageError(f"{a.spec or 'options'}: {exc}") from None
     info = build_project(spec, a.outdir, keep=a.keep)
     print(json.dumps(info["class_summary"]), f"{info['seconds_total']:.0f} s")
     return 0

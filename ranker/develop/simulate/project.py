@@ -806,7 +806,7 @@ def _relion_class2d(proj_dir, s, mask_diameter_A, relion_timeout):
     cmd = ["relion_refine", "--o", "Class2D/job002/run", "--i", "Import/job001/particles.star",
            "--dont_combine_weights_via_disc", "--preread_images", "--pool", str(int(s["pool"])), "--pad", "2",
            *(["--ctf"] if s["ctf_correct"] else []),
-           *(["--ctf_intact_first_peak"] if s["ctf_correct"] and s["ctf_intact_first_peak"] else []),
+           *(["--ctf_intact_first_peak"] if s["ctf_intact_first_peak"] else []),  # resolve_spec: only with --ctf
            "--iter", str(it), "--tau2_fudge", f"{float(s['tau2_fudge']):g}",
            "--particle_diameter", f"{mask_diameter_A:.0f}", "--K", str(K), "--flatten_solvent", "--zero_mask",
            "--oversampling", "1", "--psi_step", f"{float(s['psi_step']):g}", "--offset_range",
