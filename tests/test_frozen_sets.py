@@ -58,8 +58,9 @@ def test_the_sets_are_small_and_documented():
     size = sum(os.path.getsize(os.path.join(b, f)) for b, _d, files in os.walk(SETS) for f in files)
     # ~13 KB per class (64x64 float32 images hardly compress): the old 16 MiB limit held r1-r6's 165 jobs (13.5 MB),
     # most of them collapsed into a few classes; r7 / r8's jobs spread over all their classes (~140 KB each);
-    # with r8's 70 jobs the sets hold 27.7 MiB: raise the limit with the next corpus, not silently
-    assert size < 28 * 1024 * 1024
+    # r8's 121 jobs (51 more training jobs, 2026-12-08) took the sets to 35.6 MiB: the limit is 40 MiB; raise it
+    # with the next corpus, not silently (a clone of the repository carries all of it)
+    assert size < 40 * 1024 * 1024
     assert os.path.isfile(os.path.join(ROOT, "datasets", "README.md"))
 
 
