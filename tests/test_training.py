@@ -46,8 +46,9 @@ def test_training_is_reproducible_with_a_seed(fixture_data):
 def test_train_command_writes_weights_and_card(tmp_path):
     out = str(tmp_path / "m.pt")
     assert develop(["train", "--jobs", SIM, R5, "--out", out, "--epochs", "3", "--val_fraction", "0.5",
-                          "--threads", "1"]) == 0
+                          "--threads", "1", "--loss", "regret", "--weight_by_particles"]) == 0
     r = load_model(out, device="cpu")
+    assert r.card["loss"] == "regret" and "| loss | regret |" in open(tmp_path / "m.md").read()
     assert r.card["epochs"] == 3 and r.card["n_train_jobs"] == 1 and r.card["n_val_jobs"] == 1
     assert os.path.exists(tmp_path / "m.json") and "Model card" in open(tmp_path / "m.md").read()
 
@@ -123,6 +124,24 @@ def test_sample_weights():
     assert w[1] == pytest.approx(2 * w[0]) and w.mean() == pytest.approx(1)
     k = trainmod.sample_weights(d, False, balance_kinds=True)
     assert k[3] == pytest.approx(np.sqrt(3) * k[0])  # the rare kind counts sqrt(3) times more
+
+
+def test_regret_loss_labels_the_oracle_decision_weighted_by_its_cost():
+    # classes of 100, 400, 100, 100 particles, 90 %, 60 %, 50 % and 20 % real; one user-selected class (no counts)
+    d = LabelledClasses(np.zeros((5, 24)), np.zeros((5, 64, 64)), np.array([0.9, 0.45, 0.5, 0.2, 1.0]),
+                        ["j"] * 5, [1, 2, 3, 4, 5], np.array([100.0, 400.0, 100.0, 100.0, np.nan]),
+                        np.array([90.0, 240.0, 50.0, 20.0, np.nan]), [""] * 5)
+    y, w = trainmod.loss_labels(d, "target", False)
+    assert np.allclose(y, d.targets) and np.allclose(w, 1)
+    y, w = trainmod.loss_labels(d, "regret", False)
+    assert y.tolist() == [1, 1, 1, 0, 1]  # the oracle keeps a class with >= 50 % real particles
+    assert w[2] == 0 and w.mean() == pytest.approx(1)  # a 50 % class costs nothing whichever way it goes
+    assert w[0] / w[1] == pytest.approx(0.8 / 0.2) and w[3] / w[0] == pytest.approx(0.6 / 0.8)
+    assert w[4] / w[0] == pytest.approx(1 / 0.8)  # a user's selection: the full cost
+    y, w = trainmod.loss_labels(d, "regret", True)  # with sqrt(particles): the 400-particle class x 2
+    assert w[1] / w[3] == pytest.approx(2 * 0.2 / 0.6)
+    with pytest.raises(ValueError, match="one of"):
+        trainmod.loss_labels(d, "mse", False)
 
 
 def test_ensemble_of_networks_is_saved_and_averaged(tmp_path):

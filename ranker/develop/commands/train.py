@@ -93,6 +93,31 @@ def sample_weights(data: LabelledClasses, by_particles: bool, balance_kinds: boo
     return (w / w.mean()).astype(np.float32)
 
 
+LOSSES = ("target", "regret")
+
+
+def loss_labels(data: LabelledClasses, loss: str, by_particles: bool, balance_kinds: bool = False):
+    """Per-class labels (N,) and loss weights (N,), mean 1, of the binary cross-entropy.
+
+    ``loss`` "target": the labels are the training targets (purity, or purity x detail) and the
+    weights :func:`sample_weights`. "regret": a cost-sensitive loss shaped like the regret the
+    selection is judged by -- the label is the oracle's decision (1 = keep: at least half the class's
+    particles real, featureless real particles counted as junk), and each class's weight
+    :func:`sample_weights` is multiplied by |2 q - 1|, q its real fraction: deciding a class unlike the
+    oracle costs |real - junk| = n |2 q - 1| particles, so a 50 % class costs nothing and a pure one
+    the most. Where truth counts are unknown (user selections) q is the 0/1 target."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r}: one of {', '.join(LOSSES)}")
+    w = sample_weights(data, by_particles, balance_kinds).astype(float)
+    if loss == "target":
+        return data.targets.astype(np.float32), w.astype(np.float32)
+    q = class_purity(data.n_particles, data.n_true, data.targets)
+    w = w * np.abs(2 * q - 1)
+    if not w.sum() > 0:
+        raise ValueError("loss 'regret': every class is exactly half real; nothing to learn")
+    return (q >= 0.5).astype(np.float32), (w / w.mean()).astype(np.float32)
+
+
 def decision_accuracy(scores, n_particles, n_true, targets, threshold: float = 0.5) -> float:
     """Fraction of particles whose class gets the oracle's keep/reject decision when classes
     scoring >= ``threshold`` are kept (oracle: keep = at least half true particles). Uses the
@@ -175,7 +200,7 @@ def epoch_score(entry: dict) -> float:
 def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weight_decay=1e-4, batch=64,
           dropout=0.3, seed=0, init: str | None = None, threads: int = 2, device: str = "cpu", log=print,
           weight_by_particles: bool = False, keep_epoch: str = "last", balance_kinds: bool = False,
-          image_norm: str = "none", init_member: int = 0, train_layers: str = "all"):
+          image_norm: str = "none", init_member: int = 0, train_layers: str = "all", loss: str = "target"):
     """Train; returns (net, history). ``keep_epoch`` "last" keeps the final weights (the
     learning rate has decayed to ~0 by then); "best" keeps the epoch with the best
     validation score (:func:`epoch_score`), which is only as reliable as the validation set
@@ -183,7 +208,7 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
     ``init_member``: which network of an ``init`` ensemble to start from (modulo its size).
     ``train_layers``: "all", or "head" (fine-tuning: the convolutions stay as ``init`` has them, in
     evaluation mode, and only the image vector and the classifier learn; fewer weights to fit to a
-    small set of jobs)."""
+    small set of jobs). ``loss``: what the cross-entropy fits (:func:`loss_labels`)."""
     import torch
     from ranker.runtime.model import build_net, load_model, network_images
 
@@ -197,8 +222,8 @@ def train(data: LabelledClasses, train_mask, val_mask, epochs=60, lr=1e-3, weigh
     net.to(device)
     x_img = torch.from_numpy(network_images(data.images, image_norm)[:, None])
     x_vec = torch.from_numpy(data.vectors.astype(np.float32))
-    y = torch.from_numpy(data.targets.astype(np.float32))
-    w = torch.from_numpy(sample_weights(data, weight_by_particles, balance_kinds))
+    labels, weights = loss_labels(data, loss, weight_by_particles, balance_kinds)
+    y, w = torch.from_numpy(labels), torch.from_numpy(weights)
     tr = np.nonzero(train_mask)[0]
     va = np.nonzero(val_mask)[0]
     if train_layers not in TRAIN_LAYERS:
@@ -257,7 +282,7 @@ def write_card(path: str, card: dict) -> None:
         json.dump(card, fh, indent=1, sort_keys=True, default=float)
     lines = [f"# Model card: {os.path.basename(path)}", "", f"Trained {card['date']} with `{card['command']}`.", ""]
     lines += ["| item | value |", "|---|---|"]
-    for key in ("seed", "ensemble", "epochs", "lr", "weight_decay", "batch", "dropout", "weight_by_particles", "image_norm",
+    for key in ("seed", "ensemble", "epochs", "lr", "weight_decay", "batch", "dropout", "weight_by_particles", "loss", "image_norm",
                 "n_train_classes",
                 "n_val_classes", "n_train_jobs", "n_val_jobs", "keep_epoch", "kept_epoch", "val_auc", "val_decision", "job_context",
                 "train_seconds"):
@@ -304,6 +329,10 @@ def add_args(p) -> None:
                    help="weight classes by 1/sqrt(frequency of their majority kind in the truth)")
     p.add_argument("--weight_by_particles", action="store_true",
                    help="weight each class in the loss by sqrt(its particle count)")
+    p.add_argument("--loss", choices=LOSSES, default="target",
+                   help="target: cross-entropy against the training target (v5 and earlier); regret: against the "
+                        "oracle's keep/reject decision, each class weighted by |2 purity - 1| (the particles a wrong "
+                        "decision costs), on top of --weight_by_particles / --balance_kinds")
     p.add_argument("--image_norm", choices=["none", "per_image"],
                    help="network image input: raw values (RELION's) or per-image mean 0 / stddev 1 "
                         "(default: as the --init model, else none)")
@@ -348,7 +377,7 @@ def main(args) -> int:
                              args.dropout, args.seed + member, args.init, args.threads, args.device,
                              weight_by_particles=args.weight_by_particles, keep_epoch=args.keep_epoch,
                              balance_kinds=args.balance_kinds, image_norm=args.image_norm, init_member=member,
-                             train_layers=args.train_layers)
+                             train_layers=args.train_layers, loss=args.loss)
         nets.append(net)
         histories.append(history)
     history = histories[0]
@@ -361,7 +390,8 @@ def main(args) -> int:
             data, train_mask, args.calibrate_folds, args.seed, epochs=args.epochs, lr=args.lr,
             weight_decay=args.weight_decay, batch=args.batch, dropout=args.dropout, threads=args.threads,
             device=args.device, weight_by_particles=args.weight_by_particles, balance_kinds=args.balance_kinds,
-            image_norm=args.image_norm, init=args.init, oof_out=args.oof_out, train_layers=args.train_layers)
+            image_norm=args.image_norm, init=args.init, oof_out=args.oof_out, train_layers=args.train_layers,
+            loss=args.loss)
         calibration = {"folds": args.calibrate_folds, "threshold": t, "logit_shift": logit_shift,
                        "oof_decision_at_0.5": before, "oof_decision_at_threshold": after}
         if args.job_context:
@@ -379,7 +409,7 @@ def main(args) -> int:
     card = {"date": datetime.date.today().isoformat(), "command": "python -m ranker.develop train " + " ".join(getattr(args, "argv", [])),
             "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
             "batch": args.batch, "dropout": args.dropout, "init": args.init,
-            "weight_by_particles": args.weight_by_particles, "target": args.target,
+            "weight_by_particles": args.weight_by_particles, "target": args.target, "loss": args.loss,
             "balance_kinds": args.balance_kinds, "tta": args.tta, "train_layers": args.train_layers,
             "image_norm": args.image_norm, "ensemble": args.ensemble, "calibration": calibration,
             "n_train_classes": int(train_mask.sum()), "n_val_classes": int(val_mask.sum()),
