@@ -165,3 +165,15 @@ def test_shipped_model_on_the_real_micrograph_jobs():
     for row, (at_half, auto) in zip(r["jobs"], ((0.0, 0.0022), (0.0167, 0.0319), (0.0007, 0.0007))):
         n = row["0.5"]["true_total"] + row["0.5"]["junk_total"]  # a job's regret is in particles
         assert row["0.5"]["regret"] / n <= at_half + 0.0005 and row["auto"]["regret"] / n <= auto + 0.0005, row["job"]
+
+
+def test_regret_breakdown_by_purity_adds_up_to_the_regret(monkeypatch):
+    # every class scored 0.55: all junk-majority classes are kept, each costing junk - real particles
+    monkeypatch.setattr(Ranker, "score_job", lambda self, v, i, use_context=True: np.full(len(v), 0.55, np.float32))
+    r = evalmod.evaluate([SIM, R5], log=lambda *a: None)
+    bands = r["regret_by_purity"]
+    assert [b[0] for b in bands] == list(evalmod.PURITY_BANDS[:-1])
+    assert sum(b[4] for b in bands) == pytest.approx(r["0.5"]["regret"]) and r["0.5"]["regret"] > 0
+    assert all(b[3] == 0 for b in bands if b[0] >= 0.5)  # nothing real-majority is lost when all is kept
+    assert r["regret_near_threshold"] == pytest.approx(1.0)  # every wrong class scored 0.55
+    assert "% of it from classes scored within 0.1 of 0.5" in evalmod.to_markdown(r)

@@ -23,6 +23,9 @@ fixtures and :mod:`ranker.develop.simulate` make them). Prints, per job and pool
   within ``NEAR_CUT`` of the 50 % cut and classes farther from it;
 * the model's error (score - purity, particle-weighted RMS) on classes within ``NEAR_CUT`` of the
   cut, to set beside ``python -m ranker.develop oracle_precision`` (what that much error costs);
+* where the regret at 0.5 comes from: by the purity of the classes decided unlike the oracle
+  (:data:`PURITY_BANDS`), and the share from classes the model scored within ``MARGIN`` of 0.5
+  (a model unsure of classes whose purity is far from 50 % shows up here, not in the near-cut RMS);
 * a reliability table: predicted score bins against the observed purity.
 """
 
@@ -42,6 +45,9 @@ NEAR_CUT = 0.15  # a class within 15 points of the oracle's 50 % cut counts as "
 #: the keep/reject decision on that one class weighs at least as much as all its other classes together
 #: (101 of the 130 frozen realism jobs classified with --ctf, 2 of 35 without; real jobs not measured)
 COLLAPSED = 0.5
+#: purity bands of the regret's breakdown (fraction of real particles; the last band includes 1)
+PURITY_BANDS = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)
+MARGIN = 0.1  # a class scored within this of the 0.5 threshold counts as "scored near the threshold"
 
 
 def evaluate(projects, model_path=None, tta=None, ignore_kinds=(), log=print, use_context=True,
@@ -72,6 +78,7 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
     missed = dict.fromkeys(JUNK_KINDS, 0.0)  # junk in classes the oracle removes but 0.5 keeps
     near = dict.fromkeys(("junk_near", "junk_far", "true_near", "true_far"), 0.0)  # misses at 0.5 by purity
     by_kind: dict = {}  # majority kind ("real" for classes >= 50 % real) -> scores of its classes
+    costs = []  # (purity, score, particles a decision unlike the oracle's costs, 0 if decided alike) per class
     for project, by_class in scored.items():
         classes = class_truth_counts(project, ignore_kinds, target)
         numbers = sorted(classes)
@@ -87,6 +94,8 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
             elif not keep and pure >= 0.5:
                 near["true_near" if pure < 0.5 + NEAR_CUT else "true_far"] += t_k
         scored = s > -999
+        wrong = (scored & (s >= 0.5)) != ((t >= 0.5 * n) & (n > 0))
+        costs += list(zip(purity, s, np.where(wrong, np.abs(2 * t - n), 0.0)))
         for k, score, pure, done in zip(numbers, s, purity, scored):
             if done:
                 kinds = classes[k][2]
@@ -136,6 +145,14 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
             table.append((lo, hi, int(inside.sum()), float(pp[inside].mean()),
                           float((pp[inside] * pn[inside]).sum() / pn[inside].sum())))
     result["reliability"] = table
+    cp, cs, cc = (np.array([c[i] for c in costs], float).reshape(-1) for i in range(3))
+    everyone = max(sums["0.5"].get("true_total", 0) + sums["0.5"].get("junk_total", 0), 1)
+    bands = []
+    for lo, hi in zip(PURITY_BANDS[:-1], PURITY_BANDS[1:]):
+        inside = (cp >= lo) & ((cp < hi) | (hi == PURITY_BANDS[-1]))
+        bands.append((lo, hi, int(inside.sum()), int((inside & (cc > 0)).sum()), float(cc[inside].sum() / everyone)))
+    result["regret_by_purity"] = bands
+    result["regret_near_threshold"] = float(cc[np.abs(cs - 0.5) < MARGIN].sum() / cc.sum()) if cc.sum() else float("nan")
     near_cut = np.abs(pp - 0.5) <= NEAR_CUT
     result["near_cut_error"] = {"classes": int(near_cut.sum()), "rms_weighted": float(
         np.sqrt(np.average((ps[near_cut] - pp[near_cut]) ** 2, weights=pn[near_cut]))) if near_cut.any() else float("nan")}
@@ -233,6 +250,11 @@ def to_markdown(r: dict) -> str:
         out.append(f"- score - purity on classes {int(100 * (0.5 - NEAR_CUT))}-{int(100 * (0.5 + NEAR_CUT))} % real "
                    f"({e['classes']}): RMS {e['rms_weighted']:.3f} (particle-weighted); `python -m ranker.develop oracle_precision` shows "
                    "what a selector with that purity error could reach on these jobs")
+    if r.get("regret_by_purity") and r["0.5"]["regret"] > 0:
+        out.append("- the regret at 0.5 by the purity of the classes decided unlike the oracle: " + "; ".join(
+            f"{100 * lo:.0f}-{100 * hi:.0f} % real {100 * v:.2f} % ({w} of {n} classes)"
+            for lo, hi, n, w, v in r["regret_by_purity"] if n)
+            + f"; {100 * r['regret_near_threshold']:.0f} % of it from classes scored within {MARGIN} of 0.5")
     out += ["", "Reliability (scored classes pooled):", "", "| score bin | classes | mean purity | particle-weighted purity |",
             "|---|---|---|---|"]
     out += [f"| {lo:.1f}-{hi:.1f} | {n} | {p:.2f} | {w:.2f} |" for lo, hi, n, p, w in r["reliability"]]
