@@ -177,3 +177,12 @@ def test_regret_breakdown_by_purity_adds_up_to_the_regret(monkeypatch):
     assert all(b[3] == 0 for b in bands if b[0] >= 0.5)  # nothing real-majority is lost when all is kept
     assert r["regret_near_threshold"] == pytest.approx(1.0)  # every wrong class scored 0.55
     assert "% of it from classes scored within 0.1 of 0.5" in evalmod.to_markdown(r)
+    # tied scores leave two cuts per job, keep all or keep none: the best per job is the smaller regret
+    jobs = r["jobs"]
+    keep_none = [j["0.5"]["oracle_true_kept"] - j["0.5"]["junk_unremovable"] for j in jobs]
+    best = [min(j["0.5"]["regret"], none) for j, none in zip(jobs, keep_none)]
+    assert [j["best_threshold_regret"] for j in jobs] == pytest.approx(best)
+    everyone = sum(j["0.5"]["true_total"] + j["0.5"]["junk_total"] for j in jobs)
+    assert r["best_threshold_regret"] == pytest.approx(sum(best) / everyone)
+    assert r["best_threshold_regret"] <= r["0.5"]["regret"]
+    assert "only the cut moved): regret" in evalmod.to_markdown(r)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ranker.develop.metrics import roc_auc, selection_vs_oracle
+from ranker.develop.metrics import best_job_threshold_regret, class_regret, roc_auc, selection_vs_oracle
 from ranker.runtime.threshold import DEFAULT, auto_threshold
 
 
@@ -102,3 +102,19 @@ def test_paired_regret_difference_pairs_the_jobs():
     d = paired_regret_difference(a, a - 1, [1000] * 10)
     assert d["difference"] == pytest.approx(-10 / 10000)
     assert d["b_better"] == 1 and d["high"] < 0 and d["low"] > -0.0011
+
+
+def test_best_job_threshold_keeps_the_ranking_and_moves_only_the_cut():
+    n = np.array([100.0, 100.0, 100.0, 100.0])
+    t = np.array([90.0, 70.0, 30.0, 10.0])  # the oracle keeps the first two
+    costs = class_regret([True, False, True, False], n, t)
+    assert costs.tolist() == [0, 40, 40, 0]
+    assert costs.sum() == selection_vs_oracle([True, False, True, False], n, t)["regret"]
+    # ranked right but all scored low (a job whose scores sit below 0.5): 0.5 drops both good classes
+    low = np.array([0.45, 0.40, 0.20, 0.10])
+    assert class_regret(low >= 0.5, n, t).sum() == 120 and best_job_threshold_regret(low, n, t) == 0
+    # ranked wrong (the 70 % class below a 30 % one): no cut avoids every cost
+    mixed = np.array([0.9, 0.3, 0.4, 0.1])
+    assert best_job_threshold_regret(mixed, n, t) == 40
+    # a class not scored (-inf) is never kept, even by the lowest cut
+    assert best_job_threshold_regret(np.array([-np.inf, 0.9, 0.2, 0.1]), n, t) == 80

@@ -33,6 +33,26 @@ def class_purity(n_particles, n_true, targets) -> np.ndarray:
     return np.where(np.isfinite(n_true), n_true / n, np.asarray(targets, float))
 
 
+def class_regret(keep, n_particles, n_true) -> np.ndarray:
+    """Particles each class's keep/reject decision costs against the class-level oracle (keep iff
+    >= 50 % true particles), shape (N,): |true - junk| where ``keep`` differs from the oracle, else 0.
+    Their sum is :func:`selection_vs_oracle`'s ``regret``."""
+    keep = np.asarray(keep, bool)
+    n = np.asarray(n_particles, float)
+    t = np.nan_to_num(np.asarray(n_true, float))
+    oracle = (t >= 0.5 * n) & (n > 0)
+    return np.where(keep != oracle, np.abs(2 * t - n), 0.0)
+
+
+def best_job_threshold_regret(scores, n_particles, n_true) -> float:
+    """The least regret (particles) any threshold on these scores reaches in ONE job: what a selector
+    that ranks the classes as ``scores`` do, but knows where to cut in this job, would regret.
+    A class scored -inf (not scored) is never kept."""
+    s = np.asarray(scores, float)
+    cuts = np.r_[np.unique(s[np.isfinite(s)]), np.inf]
+    return float(min(class_regret(s >= cut, n_particles, n_true).sum() for cut in cuts))
+
+
 def selection_vs_oracle(keep, n_particles, n_true) -> dict:
     """Particles kept/removed by a class selection, against the oracle that keeps exactly the
     classes with >= 50 % true particles.
@@ -55,7 +75,7 @@ def selection_vs_oracle(keep, n_particles, n_true) -> dict:
            "junk_removed": float(junk[~keep].sum()), "oracle_junk_removed": float(junk[~oracle].sum()),
            "junk_unremovable": float(junk[oracle].sum()), "true_total": float(t.sum()), "junk_total": float(junk.sum()),
            "agreeing": float(n[keep == oracle].sum()),
-           "regret": float(np.abs(t - junk)[keep != oracle].sum())}
+           "regret": float(class_regret(keep, n, t).sum())}
     out["true_kept_vs_oracle"] = out["true_kept"] / out["oracle_true_kept"] if out["oracle_true_kept"] else 1.0
     out["junk_removed_vs_oracle"] = (out["junk_removed"] / out["oracle_junk_removed"]
                                      if out["oracle_junk_removed"] else 1.0)
