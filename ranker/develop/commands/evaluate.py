@@ -148,7 +148,7 @@ def figures(scored: dict, ignore_kinds=(), target: str = "detail") -> dict:
             table.append((lo, hi, int(inside.sum()), float(pp[inside].mean()),
                           float((pp[inside] * pn[inside]).sum() / pn[inside].sum())))
     result["reliability"] = table
-    cp, cs, cc = (np.array([c[i] for c in costs], float).reshape(-1) for i in range(3))
+    cp, cs, cc = np.array(costs, float).reshape(-1, 3).T
     everyone = max(sums["0.5"].get("true_total", 0) + sums["0.5"].get("junk_total", 0), 1)
     bands = []
     for lo, hi in zip(PURITY_BANDS[:-1], PURITY_BANDS[1:]):
