@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ranker.develop.job_context import choose_lift, fit_job_context
-from ranker.runtime.context import apply_job_context
+from ranker.runtime.context import N_LIKENESS, apply_job_context, likeness_inputs, likeness_matrix
 from ranker.runtime.model import ModelError, build_net, load_model, save_model
 
 
@@ -69,10 +69,73 @@ def test_weights_file_carries_the_context(tmp_path, sim_project):
     obj = torch.load(path, weights_only=True)
     obj["job_context"] = [1.0, float("nan"), 0.0]
     torch.save(obj, path)
-    with pytest.raises(ModelError, match="job_context must be three or four finite numbers"):
+    with pytest.raises(ModelError, match="job_context must be three, four or 9 finite numbers"):
         load_model(path, device="cpu")
 
 
 def test_shipped_model_has_a_job_context():
     r = load_model(device="cpu")
     assert r.job_context is not None and len(r.job_context) == 4 and r.job_context[1] > 0
+
+
+def _blobs(seed: int, n: int) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(seed)
+    return np.stack([gaussian_filter(rng.normal(size=(64, 64)), 3) for _ in range(n)])
+
+
+def test_likeness_finds_a_class_again_rotated_or_mirrored():
+    from scipy.ndimage import rotate
+    a, other = _blobs(0, 2)
+    like = likeness_matrix(np.stack([a, rotate(a, 40, reshape=False, order=1), a[:, ::-1], other]))
+    assert np.allclose(like, like.T, atol=1e-6) and np.all(np.diag(like) == 0)
+    assert like[0, 1] > 0.95 and like[0, 2] > 0.95 and like[1, 2] > 0.95  # rotated, mirrored: the same class
+    assert like[0, 3] < 0.6  # an unrelated class
+    big_l, own = likeness_inputs([0.9, 0.9, 0.9, 0.1], np.stack([a, a, a, other]))
+    unrelated = likeness_matrix(np.stack([a, other]))[0, 1]
+    # each copy: its two twins (likeness 1, score 0.9) and the unrelated class (score 0.1), weighted by score
+    assert own[:3] == pytest.approx([(1.8 + 0.1 * unrelated) / 1.9] * 3, abs=1e-6)
+    assert own[3] == pytest.approx(unrelated) and big_l == pytest.approx((6 + 6 * unrelated) / 12)
+
+
+def test_likeness_context_reduces_to_the_plain_one_and_needs_the_images():
+    scores = np.array([0.9, 0.6, 0.3, 0.2])
+    images = _blobs(1, 4)
+    plain = [0.7, 0.4, 0.5, 0.0]
+    assert apply_job_context(scores, plain + [0.0, 0.0, 0.0, 0.5, 0.5], 0.1, images) == pytest.approx(
+        apply_job_context(scores, plain, 0.1))
+    big_l, own = likeness_inputs(scores, images)
+    z = np.log(scores / (1 - scores))
+    coef = plain + [0.3, 2.0, 1.5, 0.4, 0.45]
+    z_ctx = 0.7 * z + 0.4 * (z - z.max()) + 0.5 + 0.3 * z.mean() + 2.0 * (big_l - 0.4) + 1.5 * (own - 0.45)
+    expected = 1 / (1 + np.exp(-np.minimum(z_ctx, z + 0.1)))  # lift 0: lowered only
+    assert apply_job_context(scores, coef, 0.1, images) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="give the images"):
+        apply_job_context(scores, coef, 0.1)
+
+
+def test_fit_with_likeness_finds_that_alike_jobs_are_purer(tmp_path):
+    """Jobs whose classes are copies of one image (views of one protein) are pure; jobs of unrelated
+    images are junk; the network's scores alone cannot tell them apart."""
+    rng = np.random.default_rng(3)
+    scores, job, n, purity, images = [], [], [], [], []
+    for j in range(40):
+        alike = j % 2 == 0
+        base = _blobs(100 + j, 1)[0]
+        imgs = np.stack([np.rot90(base, k % 4) for k in range(5)]) if alike else _blobs(200 + j, 5)
+        scores += list(rng.uniform(0.35, 0.65, 5))
+        purity += [0.9 if alike else 0.1] * 5
+        job += [f"job{j}"] * 5
+        n += [100] * 5
+        images += list(imgs)
+    coef = fit_job_context(scores, job, n, purity, 0.0, np.stack(images))
+    assert len(coef) == N_LIKENESS and coef[5] > 1  # e: the job's likeness raises the score
+    assert coef[7] == pytest.approx(np.mean([likeness_inputs(scores[i:i + 5], np.stack(images[i:i + 5]))[0]
+                                             for i in range(0, 200, 5)]))
+    path = str(tmp_path / "m.pt")
+    save_model(build_net(), path, card={}, job_context=coef)
+    r = load_model(path, device="cpu")
+    assert r.job_context == pytest.approx(coef)
+    v = np.zeros((5, 24), np.float32)
+    alike_job, unlike_job = np.stack(images[:5]).astype(np.float32), np.stack(images[5:10]).astype(np.float32)
+    assert r.score_job(v, alike_job).mean() > r.score_job(v, unlike_job).mean() + 0.2

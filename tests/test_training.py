@@ -187,6 +187,13 @@ def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
     assert r.job_context is not None and r.card["job_context"] == r.job_context
     assert develop(["fit_context", "--oof", str(tmp_path / "oof.npz"), "--model", out, "--out", str(tmp_path / "c.pt")]) == 0
     assert np.allclose(load_model(str(tmp_path / "c.pt"), device="cpu").job_context, r.job_context, atol=1e-4)
+    # --likeness: the stage that also reads the likeness of the jobs' class images, which the model then needs
+    assert develop(["fit_context", "--oof", str(tmp_path / "oof.npz"), "--model", out, "--out", str(tmp_path / "l.pt"),
+                    "--likeness"]) == 0
+    lk = load_model(str(tmp_path / "l.pt"), device="cpu")
+    assert len(lk.job_context) == 9 and lk.card["job_context"]["coef"] == lk.job_context
+    d = from_truth_job(SIM)
+    assert lk.score_job(d.vectors, d.images).shape == (len(d),)
     # it needs out-of-fold scores
     with pytest.raises(SystemExit):
         develop(["train", "--jobs", SIM, "--out", str(tmp_path / "x.pt"), "--job_context"])
