@@ -75,7 +75,9 @@ def test_weights_file_carries_the_context(tmp_path, sim_project):
 
 def test_shipped_model_has_a_job_context():
     r = load_model(device="cpu")
-    assert r.job_context is not None and len(r.job_context) == 4 and r.job_context[1] > 0
+    # v6: v5's networks with the stage that reads the classes' likeness (9 numbers); b > 0 and e > 0 (alike jobs purer)
+    assert r.job_context is not None and len(r.job_context) == N_LIKENESS and r.job_context[1] > 0
+    assert r.job_context[5] > 0
 
 
 def _blobs(seed: int, n: int) -> np.ndarray:

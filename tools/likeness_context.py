@@ -13,10 +13,10 @@ on the out-of-fold scores of the training jobs only, a particle-weighted logisti
     L (the job's mean aligned likeness: the best correlation over in-plane rotations and mirror of two class
     images, polar resampled), own (the class's likeness to the job's other classes, weighted by their scores), 1
 
-and, beside it, on the first two and 1 alone (the shipped stage's form); then prints the regret at 0.5 on the frozen
+and, beside it, on the first two and 1 alone (v5's stage's form); then prints the regret at 0.5 on the frozen
 validation sets (``datasets/realism/<set>.txt``) of each stage, with ("lowered only": the score never rises above the
-class's own calibrated score, as the shipped stage with lift 0) and without that rule, and the paired bootstrap
-difference to the three-feature stage and to the shipped model. Regret is counted over the classes the model scores
+class's own calibrated score, as v5's stage with lift 0) and without that rule, and the paired bootstrap
+difference to the three-feature stage and to the baseline (v5). Regret is counted over the classes the model scores
 (``evaluate`` also counts the few it does not: v5 on ``val.txt`` 4.16 % there, 4.11 % here).
 """
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--oof", required=True)
     ap.add_argument("--sets", nargs="*", default=["val_r8", "val"])
-    ap.add_argument("--shipped", default="models/relion_external_rank_v5.npz")
+    ap.add_argument("--baseline", default="models/relion_external_rank_v5.npz", help="the model to compare with (v5: the experiment was made against it)")
     args = ap.parse_args(argv)
     oof = np.load(args.oof, allow_pickle=True)
     xs, ys, ns = [], [], []
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     coefs = {name: fit(x, purity, n, cols) for name, cols in STAGES.items()}
     for name, coef in coefs.items():
         print(f"{name}: coefficients {np.round(coef, 3).tolist()} (fitted on {len(set(oof['job']))} training jobs)")
-    model, shipped = load_model(args.model, device="cpu"), load_model(args.shipped, device="cpu")
+    model, baseline = load_model(args.model, device="cpu"), load_model(args.baseline, device="cpu")
     for name_set in args.sets:
         per_job = {}
         totals = []
@@ -124,8 +124,8 @@ def main(argv=None) -> int:
             z = logit(model.network_scores(d.vectors, d.images)[idx])
             xj = design(z, d.images[idx])
             xj[:, 3:5] -= centre
-            per_job.setdefault("shipped", []).append(
-                class_regret(shipped.score_job(d.vectors, d.images)[idx] >= 0.5, nn, tt).sum())
+            per_job.setdefault("baseline", []).append(
+                class_regret(baseline.score_job(d.vectors, d.images)[idx] >= 0.5, nn, tt).sum())
             for name, cols in STAGES.items():
                 zc = xj[:, cols] @ coefs[name]
                 per_job.setdefault((name, False), []).append(class_regret(zc >= 0, nn, tt).sum())
@@ -133,15 +133,15 @@ def main(argv=None) -> int:
                 per_job.setdefault((name, True), []).append(class_regret(lowered >= 0, nn, tt).sum())
         tot = np.array(totals)
         base = per_job[("z, z - z_best, 1", True)]
-        print(f"{name_set} ({len(tot)} jobs): shipped {100 * sum(per_job['shipped']) / tot.sum():.2f} %")
+        print(f"{name_set} ({len(tot)} jobs): baseline {100 * sum(per_job['baseline']) / tot.sum():.2f} %")
         for key, regret in per_job.items():
-            if key == "shipped":
+            if key == "baseline":
                 continue
             a = paired_regret_difference(base, regret, tot)
-            b = paired_regret_difference(per_job["shipped"], regret, tot)
+            b = paired_regret_difference(per_job["baseline"], regret, tot)
             print(f"  {key[0]}{', lowered only' if key[1] else ''}: {100 * sum(regret) / tot.sum():.2f} %; vs the "
                   f"3-feature stage lowered only {100 * a['difference']:+.2f} ({100 * a['low']:+.2f} to "
-                  f"{100 * a['high']:+.2f}); vs shipped {100 * b['difference']:+.2f} ({100 * b['low']:+.2f} to "
+                  f"{100 * a['high']:+.2f}); vs baseline {100 * b['difference']:+.2f} ({100 * b['low']:+.2f} to "
                   f"{100 * b['high']:+.2f})")
     return 0
 
