@@ -13,6 +13,8 @@ on the out-of-fold scores of the training jobs only, a particle-weighted logisti
     L (the job's mean aligned likeness: the best correlation over in-plane rotations and mirror of two class
     images, polar resampled), own (the class's likeness to the job's other classes, weighted by their scores), 1
 
+(the inputs of the shipped stage, :func:`ranker.runtime.context.likeness_features`)
+
 and, beside it, on the first two and 1 alone (v5's stage's form); then prints the regret at 0.5 on the frozen
 validation sets (``datasets/realism/<set>.txt``) of each stage, with ("lowered only": the score never rises above the
 class's own calibrated score, as v5's stage with lift 0) and without that rule, and the paired bootstrap
@@ -27,7 +29,6 @@ import os
 import sys
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 from scipy.optimize import minimize
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -35,56 +36,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from ranker.develop.commands.evaluate import class_truth_counts  # noqa: E402
 from ranker.develop.dataset import from_truth_job  # noqa: E402
 from ranker.develop.metrics import class_regret, paired_regret_difference  # noqa: E402
-from ranker.runtime.context import logit  # noqa: E402
+from ranker.runtime.context import likeness_features  # noqa: E402
 from ranker.runtime.model import load_model  # noqa: E402
 
-RADII, ANGLES = 28, 96  # polar sampling of a 64 x 64 class image: radius 1-28 px, 3.75 degree steps
-STAGES = {"z, z - z_best, 1": [0, 1, 5], "+ job likeness": [0, 1, 3, 5], "all five": [0, 1, 2, 3, 4, 5]}
-
-
-def polar_spectra(images) -> np.ndarray:
-    """(K, RADII, ANGLES // 2 + 1) angular Fourier transforms of the mean-0, norm-1 polar images."""
-    r, t = np.meshgrid(np.arange(1, RADII + 1), np.linspace(0, 2 * np.pi, ANGLES, endpoint=False), indexing="ij")
-    out = []
-    for img in np.asarray(images, float):
-        c = (img.shape[0] - 1) / 2
-        p = map_coordinates(img, [c + r * np.sin(t), c + r * np.cos(t)], order=1)
-        p -= p.mean()
-        out.append(p / (np.sqrt((p ** 2).sum()) + 1e-9))
-    out = np.array(out)
-    return np.stack([np.fft.rfft(out, axis=2), np.fft.rfft(out[:, :, ::-1], axis=2)])  # (2: as is, mirrored)
-
-
-def likeness_matrix(images) -> np.ndarray:
-    """(K, K) best correlation over in-plane rotations and mirror between class images; 0 on the diagonal."""
-    f, fm = polar_spectra(images)
-    k = len(f)
-    out = np.zeros((k, k))
-    for a in range(k):
-        for b in range(k):
-            if a != b:
-                out[a, b] = max(np.fft.irfft((f[a] * np.conj(g[b])).sum(0), n=ANGLES).max() for g in (f, fm))
-    return out
-
-
-def design(z, images) -> np.ndarray:
-    """(K, 6) inputs of one job's K classes: z, z - z_best, mean z, L, own, 1."""
-    k = len(z)
-    c = likeness_matrix(images)
-    p = 1 / (1 + np.exp(-z))
-    others = np.where(np.eye(k, dtype=bool), 0.0, p[None, :])
-    own = (c * others).sum(1) / np.maximum(others.sum(1), 1e-9)
-    return np.stack([z, z - z.max(), np.full(k, z.mean()), np.full(k, c.sum() / max(k * (k - 1), 1)), own,
-                     np.ones(k)], 1)
+# inputs: the columns of ranker.runtime.context.likeness_features (z, z - z_best, 1, mean z, L, own)
+STAGES = {"z, z - z_best, 1": [0, 1, 2], "+ job likeness": [0, 1, 2, 4], "all five": [0, 1, 2, 3, 4, 5]}
+CONSTANT = 2  # the column of ones (no ridge on its coefficient)
 
 
 def fit(x, purity, n, cols) -> np.ndarray:
+    """Particle-weighted (sqrt) logistic regression of purity on the columns ``cols`` of x; ridge 1e-3."""
     w = np.sqrt(np.maximum(n, 1.0))
     w /= w.mean()
+    ridged = np.array(cols) != CONSTANT
 
     def loss(coef):
         p = np.clip(1 / (1 + np.exp(-x[:, cols] @ coef)), 1e-6, 1 - 1e-6)
-        return -(w * (purity * np.log(p) + (1 - purity) * np.log(1 - p))).mean() + 1e-3 * (coef[:-1] ** 2).sum()
+        return -(w * (purity * np.log(p) + (1 - purity) * np.log(1 - p))).mean() + 1e-3 * (coef[ridged] ** 2).sum()
 
     return minimize(loss, np.r_[1.0, np.zeros(len(cols) - 1)], method="L-BFGS-B").x
 
@@ -101,16 +69,19 @@ def main(argv=None) -> int:
     for job in sorted(set(oof["job"])):
         m = oof["job"] == job
         images = dict(zip(*(lambda d: (d.class_number, d.images))(from_truth_job(job))))
-        xs.append(design(logit(oof["score"][m]), [images[k] for k in oof["class_number"][m]]))
+        xs.append(likeness_features(oof["score"][m], np.stack([images[k] for k in oof["class_number"][m]])))
         n = oof["n_particles"][m].astype(float)
         ns.append(n)
         ys.append(np.nan_to_num(oof["n_true"][m].astype(float)) / np.maximum(n, 1))
     x, purity, n = np.concatenate(xs), np.concatenate(ys), np.concatenate(ns)
-    centre = x[:, 3:5].mean(0)
-    x[:, 3:5] -= centre
+    # a job of one class has no likeness: 0 here, as the experiment was run (the shipped stage's fit,
+    # ranker.develop.job_context, gives it the training mean instead)
+    x[:, 4:] = np.nan_to_num(x[:, 4:])
+    centre = x[:, 4:].mean(0)
+    x[:, 4:] -= centre
     coefs = {name: fit(x, purity, n, cols) for name, cols in STAGES.items()}
     for name, coef in coefs.items():
-        print(f"{name}: coefficients {np.round(coef, 3).tolist()} (fitted on {len(set(oof['job']))} training jobs)")
+        print(f"{name}: coefficients {np.round(coef, 3).tolist()} (columns {STAGES[name]} of z, z - z_best, 1, mean z, L, own; fitted on {len(set(oof['job']))} training jobs)")
     model, baseline = load_model(args.model, device="cpu"), load_model(args.baseline, device="cpu")
     for name_set in args.sets:
         per_job = {}
@@ -121,9 +92,9 @@ def main(argv=None) -> int:
             nn = np.array([counts[d.class_number[i]][0] for i in idx], float)
             tt = np.array([counts[d.class_number[i]][1] for i in idx], float)
             totals.append(nn.sum())
-            z = logit(model.network_scores(d.vectors, d.images)[idx])
-            xj = design(z, d.images[idx])
-            xj[:, 3:5] -= centre
+            xj = likeness_features(model.network_scores(d.vectors, d.images)[idx], d.images[idx])
+            xj[:, 4:] = np.nan_to_num(xj[:, 4:]) - centre
+            z = xj[:, 0]
             per_job.setdefault("baseline", []).append(
                 class_regret(baseline.score_job(d.vectors, d.images)[idx] >= 0.5, nn, tt).sum())
             for name, cols in STAGES.items():
