@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from ranker.develop.job_context import choose_lift, fit_job_context
-from ranker.runtime.context import N_LIKENESS, apply_job_context, likeness_inputs, likeness_matrix
+from ranker.runtime.context import (N_LIKENESS, N_SIGNAL, SIGNAL_FEATURE, apply_job_context, likeness_inputs,
+                                    likeness_matrix)
+from ranker.runtime.features import FEATURE_NAMES
 from ranker.runtime.model import ModelError, build_net, load_model, save_model
 
 
@@ -69,7 +71,7 @@ def test_weights_file_carries_the_context(tmp_path, sim_project):
     obj = torch.load(path, weights_only=True)
     obj["job_context"] = [1.0, float("nan"), 0.0]
     torch.save(obj, path)
-    with pytest.raises(ModelError, match="job_context must be three, four or 9 finite numbers"):
+    with pytest.raises(ModelError, match="job_context must be three, four, 9 or 11 finite numbers"):
         load_model(path, device="cpu")
 
 
@@ -141,3 +143,40 @@ def test_fit_with_likeness_finds_that_alike_jobs_are_purer(tmp_path):
     v = np.zeros((5, 24), np.float32)
     alike_job, unlike_job = np.stack(images[:5]).astype(np.float32), np.stack(images[5:10]).astype(np.float32)
     assert r.score_job(v, alike_job).mean() > r.score_job(v, unlike_job).mean() + 0.2
+
+
+def test_signal_context_adds_the_class_signal_to_the_likeness_one():
+    scores = np.array([0.9, 0.6, 0.3, 0.2])
+    images = _blobs(1, 4)
+    vectors = np.random.default_rng(4).normal(size=(4, 24))
+    like = [0.7, 0.4, 0.5, 0.0, 0.3, 2.0, 1.5, 0.4, 0.45]
+    assert apply_job_context(scores, like + [0.0, 0.2], 0.1, images, vectors) == pytest.approx(
+        apply_job_context(scores, like, 0.1, images))  # g = 0: the likeness stage
+    signal = vectors[:, FEATURE_NAMES.index(SIGNAL_FEATURE)]
+    z_like = np.log(apply_job_context(scores, like[:3] + [1.0] + like[4:], 0.1, images) /
+                    (1 - apply_job_context(scores, like[:3] + [1.0] + like[4:], 0.1, images)))
+    out = apply_job_context(scores, like[:3] + [1.0] + like[4:] + [-0.5, 0.2], 0.1, images, vectors)
+    assert np.log(out / (1 - out)) == pytest.approx(z_like - 0.5 * (signal - 0.2), abs=1e-4)  # lift 1: z_ctx itself
+    with pytest.raises(ValueError, match="give both"):
+        apply_job_context(scores, like + [-0.5, 0.2], 0.1, images)
+
+
+def test_fit_with_signal_finds_that_bright_classes_are_junk(tmp_path):
+    """Classes whose RelativeSignalIntensity is high are junk at the same network score: g < 0, S0 its mean."""
+    rng = np.random.default_rng(5)
+    scores, job, n, purity, images, vectors = [], [], [], [], [], []
+    col = FEATURE_NAMES.index(SIGNAL_FEATURE)
+    for j in range(30):
+        v = rng.normal(size=(5, 24))
+        scores += list(rng.uniform(0.35, 0.65, 5))
+        purity += list(np.where(v[:, col] > 0, 0.1, 0.9))
+        job += [f"job{j}"] * 5
+        n += [100] * 5
+        images += list(_blobs(300 + j, 5))
+        vectors += list(v)
+    coef = fit_job_context(scores, job, n, purity, 0.0, np.stack(images), np.stack(vectors))
+    assert len(coef) == N_SIGNAL and coef[9] < -1
+    assert coef[10] == pytest.approx(np.mean(np.stack(vectors)[:, col]))
+    path = str(tmp_path / "m.pt")
+    save_model(build_net(), path, card={}, job_context=coef)
+    assert load_model(path, device="cpu").job_context == pytest.approx(coef)

@@ -194,6 +194,15 @@ def test_calibration_puts_the_best_out_of_fold_threshold_at_half(tmp_path):
     assert len(lk.job_context) == 9 and lk.card["job_context"]["coef"] == lk.job_context
     d = from_truth_job(SIM)
     assert lk.score_job(d.vectors, d.images).shape == (len(d),)
+    # --signal (only with --likeness): also each class's RelativeSignalIntensity
+    assert develop(["fit_context", "--oof", str(tmp_path / "oof.npz"), "--model", out, "--out", str(tmp_path / "s.pt"),
+                    "--likeness", "--signal"]) == 0
+    sg = load_model(str(tmp_path / "s.pt"), device="cpu")
+    assert len(sg.job_context) == 11 and sg.job_context[:9] != lk.job_context
+    assert sg.score_job(d.vectors, d.images).shape == (len(d),)
+    with pytest.raises(SystemExit):
+        develop(["fit_context", "--oof", str(tmp_path / "oof.npz"), "--model", out, "--out", str(tmp_path / "x.pt"),
+                 "--signal"])
     # it needs out-of-fold scores
     with pytest.raises(SystemExit):
         develop(["train", "--jobs", SIM, "--out", str(tmp_path / "x.pt"), "--job_context"])

@@ -6,27 +6,35 @@ sqrt(particles); ``lift`` is then the value in 0, 0.25, ..., 1 whose keep/reject
 agree with the oracle's for the most out-of-fold particles. With the class images (``fit_context
 --likeness``) the stage also reads how alike the job's classes are
 (:func:`ranker.runtime.context.likeness_features`): (a, b, c, d, e, f) by the same regression, L0 and
-own0 the training classes' means.
+own0 the training classes' means. With the classes' feature vectors too (``--signal``), the class's
+RelativeSignalIntensity (:func:`ranker.runtime.context.signal_features`): g by the same regression,
+S0 its training mean.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ranker.runtime.context import context_features, context_scores, likeness_features
+from ranker.runtime.context import context_features, context_scores, likeness_features, signal_features
 
 L2 = 1e-2  # ridge on a and b (not on c)
 L2_LIKENESS = 1e-3  # ridge on a, b, d, e, f of the likeness stage (the value of the experiment that chose it, tools/)
 
 
-def job_features(scores, job, images=None) -> np.ndarray:
+def job_features(scores, job, images=None, vectors=None) -> np.ndarray:
     """(N, 3) design matrix of classes from many jobs: :func:`context_features` within each job; with
-    ``images`` (N, 64, 64), (N, 6): :func:`likeness_features`."""
+    ``images`` (N, 64, 64), (N, 6): :func:`likeness_features`; with ``vectors`` (N, 24) too, (N, 7):
+    :func:`signal_features`."""
     scores, job = np.asarray(scores, float), np.asarray(job)
-    x = np.zeros((len(scores), 3 if images is None else 6))
+    x = np.zeros((len(scores), 3 if images is None else 6 if vectors is None else 7))
     for name in np.unique(job):
         m = job == name
-        x[m] = context_features(scores[m]) if images is None else likeness_features(scores[m], np.asarray(images)[m])
+        if images is None:
+            x[m] = context_features(scores[m])
+        elif vectors is None:
+            x[m] = likeness_features(scores[m], np.asarray(images)[m])
+        else:
+            x[m] = signal_features(scores[m], np.asarray(images)[m], np.asarray(vectors)[m])
     return x
 
 
@@ -47,9 +55,11 @@ def choose_lift(scores, job, n_particles, purity, coef, logit_shift: float = 0.0
     return best[1]
 
 
-def fit_job_context(scores, job, n_particles, purity, logit_shift: float = 0.0, images=None) -> list[float]:
+def fit_job_context(scores, job, n_particles, purity, logit_shift: float = 0.0, images=None,
+                    vectors=None) -> list[float]:
     """(a, b, c, lift) from out-of-fold network scores of many jobs; with the classes' ``images``
-    (N, 64, 64), [a, b, c, lift, d, e, f, L0, own0] (:mod:`ranker.runtime.context`).
+    (N, 64, 64), [a, b, c, lift, d, e, f, L0, own0]; with their normalised feature ``vectors`` (N, 24)
+    too, [a, b, c, lift, d, e, f, L0, own0, g, S0] (:mod:`ranker.runtime.context`).
 
     scores, n_particles, purity: (N,) over classes; job: (N,) job names (the context is taken
     within each job). (a, b, c[, d, e, f]): weighted logistic regression, target purity (fraction of
@@ -59,8 +69,8 @@ def fit_job_context(scores, job, n_particles, purity, logit_shift: float = 0.0, 
 
     n = np.maximum(np.nan_to_num(np.asarray(n_particles, float)), 1.0)
     y = np.clip(np.nan_to_num(np.asarray(purity, float)), 0, 1)
-    x = job_features(scores, job, images)
-    centre = [float(np.nanmean(x[:, 4])), float(np.nanmean(x[:, 5]))] if images is not None else []
+    x = job_features(scores, job, images, vectors)
+    centre = [float(np.nanmean(x[:, i])) for i in range(4, x.shape[1])]
     xc = x.copy()
     if centre:
         xc[:, 4:] = np.nan_to_num(x[:, 4:] - centre)
@@ -75,6 +85,6 @@ def fit_job_context(scores, job, n_particles, purity, logit_shift: float = 0.0, 
 
     start = np.r_[1.0, np.zeros(x.shape[1] - 1)]
     fitted = [float(v) for v in minimize(loss, start, method="L-BFGS-B").x]
-    coef = fitted[:3] + [1.0] + fitted[3:] + centre
+    coef = fitted[:3] + [1.0] + fitted[3:6] + centre[:2] + [v for pair in zip(fitted[6:], centre[2:]) for v in pair]
     coef[3] = choose_lift(scores, job, n_particles, purity, coef, logit_shift, x)
     return coef

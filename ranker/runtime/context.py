@@ -28,6 +28,17 @@ more alike than junk of many kinds::
 with [a, b, c, lift, d, e, f, L0, own0] stored (L0, own0: the training classes' means), and the same
 lowering / lifting rule.
 
+**With the class's signal** (``job_context`` of :data:`N_SIGNAL` numbers, ``fit_context --likeness
+--signal``; v7): the class's RelativeSignalIntensity S also enters: its normalised feature
+:data:`SIGNAL_FEATURE`, the integrated density inside the protein mask above the solvent level,
+which RELION's normalisation standardises *within the job* (mean 0, stddev 1 over the job's featured
+classes). So the term re-ranks within a job: with g < 0 a class brighter than its job's average
+(aggregates, ice, blobs) is lowered, a faint one raised::
+
+    z_ctx = (the likeness stage's z_ctx) + g * (S - S0)
+
+with [a, b, c, lift, d, e, f, L0, own0, g, S0] stored (S0: the training classes' mean, ~0).
+
 Trade-off, stated plainly: a low-scoring job's best class is lifted, so in a job with no good
 class at all the best junk class is kept more often than by the class's own score; ``lift`` < 1
 limits that.
@@ -46,6 +57,10 @@ def logit(scores, eps: float = 1e-4) -> np.ndarray:
 
 #: length of a ``job_context`` that reads the classes' likeness: a, b, c, lift, d, e, f, L0, own0
 N_LIKENESS = 9
+#: length of one that also reads the class's signal: the N_LIKENESS numbers, g, S0
+N_SIGNAL = 11
+#: the normalised feature (ranker.runtime.features.FEATURE_NAMES) the N_SIGNAL stage reads
+SIGNAL_FEATURE = "RelativeSignalIntensity"
 POLAR_RADII, POLAR_ANGLES = 28, 96  # polar sampling of a 64 x 64 image: radii 1-28 px, 3.75 degree steps
 
 
@@ -105,27 +120,45 @@ def likeness_features(scores, images) -> np.ndarray:
     return np.c_[x, np.full(len(x), x[:, 0].mean()), np.full(len(x), big_l), own]
 
 
+def signal_features(scores, images, vectors) -> np.ndarray:
+    """(K, 7) design matrix of one job: :func:`likeness_features`, then each class's
+    :data:`SIGNAL_FEATURE` from its normalised feature vector (``vectors`` (K, 24))."""
+    from .features import FEATURE_NAMES
+
+    x = likeness_features(scores, images)
+    return np.c_[x, np.asarray(vectors, np.float64).reshape(len(x), -1)[:, FEATURE_NAMES.index(SIGNAL_FEATURE)]]
+
+
 def context_scores(x, scores, coef, logit_shift: float) -> np.ndarray:
     """Scores (float32) from design rows x (N, 3), or (N, 6) with a likeness ``coef``
-    (:data:`N_LIKENESS` numbers), and the same classes' network scores (N,). A class whose likeness
-    is undefined (a job of one class) takes the training mean (L0, own0)."""
+    (:data:`N_LIKENESS` numbers), or (N, 7) with a signal ``coef`` (:data:`N_SIGNAL`), and the same
+    classes' network scores (N,). A class whose likeness is undefined (a job of one class) takes the
+    training mean (L0, own0)."""
     a, b, c, lift = (list(coef) + [1.0])[:4]
     z_ctx = x[:, :3] @ np.array([a, b, c], np.float64)
-    if len(coef) == N_LIKENESS:
-        d, e, f, big_l0, own0 = coef[4:]
+    if len(coef) in (N_LIKENESS, N_SIGNAL):
+        d, e, f, big_l0, own0 = coef[4:N_LIKENESS]
         z_ctx = z_ctx + d * x[:, 3] + e * np.nan_to_num(x[:, 4] - big_l0) + f * np.nan_to_num(x[:, 5] - own0)
+    if len(coef) == N_SIGNAL:
+        g, s0 = coef[N_LIKENESS:]
+        z_ctx = z_ctx + g * (x[:, 6] - s0)
     z_own = logit(scores) + logit_shift
     z = np.where(z_ctx > z_own, z_own + lift * (z_ctx - z_own), z_ctx)
     return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
-def apply_job_context(scores, coef, logit_shift: float = 0.0, images=None) -> np.ndarray:
+def apply_job_context(scores, coef, logit_shift: float = 0.0, images=None, vectors=None) -> np.ndarray:
     """Job-context scores (float32, shape (K,)) of ONE job's network scores (K,).
 
     coef: (a, b, c) or (a, b, c, lift); lift defaults to 1 (z_ctx as it is); or the
-    :data:`N_LIKENESS` numbers of the stage that reads the likeness of the job's ``images`` (K, 64, 64)."""
+    :data:`N_LIKENESS` numbers of the stage that reads the likeness of the job's ``images`` (K, 64, 64);
+    or the :data:`N_SIGNAL` numbers of the one that also reads the classes' normalised ``vectors`` (K, 24)."""
     if len(scores) == 0:
         return np.zeros(0, np.float32)
+    if len(coef) == N_SIGNAL:
+        if images is None or vectors is None:
+            raise ValueError("this job context reads the class images and feature vectors: give both")
+        return context_scores(signal_features(scores, images, vectors), scores, coef, logit_shift)
     if len(coef) == N_LIKENESS:
         if images is None:
             raise ValueError("this job context reads the class images' likeness: give the images")

@@ -36,7 +36,7 @@ import zipfile
 
 import numpy as np
 
-from .context import N_LIKENESS
+from .context import N_LIKENESS, N_SIGNAL
 from .network import CNN_LENGTH, CONVS, FEATURE_DIM, HEAD_LENGTH, IMAGE_PX, LINEARS, NumpyNet, check_state
 
 FORMAT = "relion_external_rank"
@@ -203,7 +203,8 @@ class Ranker:
             return self.score(vectors, images)
         from .context import apply_job_context
 
-        return apply_job_context(self.network_scores(vectors, images), self.job_context, self.logit_shift, images)
+        return apply_job_context(self.network_scores(vectors, images), self.job_context, self.logit_shift, images,
+                                 vectors)
 
     def context_applies(self, use_context: bool = True) -> bool:
         """Whether :meth:`score_job` reads the scores in job context (the model has the stage)."""
@@ -555,9 +556,9 @@ def _settings(meta: dict, path: str, card) -> dict:
         logit_shift = float(meta.get("logit_shift", 0.0))
     except (TypeError, ValueError):
         raise ModelError(f"{path}: job_context and logit_shift must be numbers") from None
-    if context is not None and (len(context) not in (3, 4, N_LIKENESS) or not all(np.isfinite(context))):
-        raise ModelError(f"{path}: job_context must be three, four or {N_LIKENESS} finite numbers (a, b, c[, lift]"
-                         f"[, d, e, f, L0, own0])")
+    if context is not None and (len(context) not in (3, 4, N_LIKENESS, N_SIGNAL) or not all(np.isfinite(context))):
+        raise ModelError(f"{path}: job_context must be three, four, {N_LIKENESS} or {N_SIGNAL} finite numbers "
+                         f"(a, b, c[, lift][, d, e, f, L0, own0][, g, S0])")
     if not np.isfinite(logit_shift):
         raise ModelError(f"{path}: logit_shift must be a finite number")
     return {"output": output, "tta": bool(meta.get("tta", False)), "image_norm": image_norm,
