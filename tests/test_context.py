@@ -77,9 +77,10 @@ def test_weights_file_carries_the_context(tmp_path, sim_project):
 
 def test_shipped_model_has_a_job_context():
     r = load_model(device="cpu")
-    # v6: v5's networks with the stage that reads the classes' likeness (9 numbers); b > 0 and e > 0 (alike jobs purer)
-    assert r.job_context is not None and len(r.job_context) == N_LIKENESS and r.job_context[1] > 0
-    assert r.job_context[5] > 0
+    # v7: v5's networks with the stage that reads the classes' likeness and each class's signal (11 numbers); b > 0,
+    # e > 0 (alike jobs purer), g < 0 (a class brighter than its job's average lowered)
+    assert r.job_context is not None and len(r.job_context) == N_SIGNAL and r.job_context[1] > 0
+    assert r.job_context[5] > 0 and r.job_context[9] < 0
 
 
 def _blobs(seed: int, n: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from .network import CNN_LENGTH, CONVS, FEATURE_DIM, HEAD_LENGTH, IMAGE_PX, LINE
 
 FORMAT = "relion_external_rank"
 NPZ_VERSION = 2
-SHIPPED_MODEL = "relion_external_rank_v6.npz"
+SHIPPED_MODEL = "relion_external_rank_v7.npz"
 NUMPY_BATCH = 8  # images per numpy forward batch (about 2.5 MB of work arrays each)
 FEATURE_VECTOR = LINEARS[0][2]  # the CNN's image vector (48)
 __all__ = ["FEATURE_DIM", "IMAGE_PX", "ModelError", "Ranker", "build_net", "load_model", "save_model"]
