@@ -85,6 +85,8 @@ def fit_job_context(scores, job, n_particles, purity, logit_shift: float = 0.0, 
 
     start = np.r_[1.0, np.zeros(x.shape[1] - 1)]
     fitted = [float(v) for v in minimize(loss, start, method="L-BFGS-B").x]
-    coef = fitted[:3] + [1.0] + fitted[3:6] + centre[:2] + [v for pair in zip(fitted[6:], centre[2:]) for v in pair]
+    coef = fitted[:3] + [1.0] + fitted[3:6] + centre[:2]  # a, b, c, lift[, d, e, f, L0, own0]
+    if vectors is not None:
+        coef += [fitted[6], centre[2]]  # g, S0
     coef[3] = choose_lift(scores, job, n_particles, purity, coef, logit_shift, x)
     return coef

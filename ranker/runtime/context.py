@@ -33,7 +33,7 @@ lowering / lifting rule.
 :data:`SIGNAL_FEATURE`, the integrated density inside the protein mask above the solvent level,
 which RELION's normalisation standardises *within the job* (mean 0, stddev 1 over the job's featured
 classes). So the term re-ranks within a job: with g < 0 a class brighter than its job's average
-(aggregates, ice, blobs) is lowered, a faint one raised::
+(blobs, contamination patches, aggregates are, on the training classes) is lowered, a faint one raised::
 
     z_ctx = (the likeness stage's z_ctx) + g * (S - S0)
 
@@ -126,7 +126,7 @@ def signal_features(scores, images, vectors) -> np.ndarray:
     from .features import FEATURE_NAMES
 
     x = likeness_features(scores, images)
-    return np.c_[x, np.asarray(vectors, np.float64).reshape(len(x), -1)[:, FEATURE_NAMES.index(SIGNAL_FEATURE)]]
+    return np.c_[x, np.asarray(vectors, np.float64)[:, FEATURE_NAMES.index(SIGNAL_FEATURE)]]
 
 
 def context_scores(x, scores, coef, logit_shift: float) -> np.ndarray:
