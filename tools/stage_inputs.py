@@ -1,14 +1,15 @@
 """Experiment (2026-12-08; not part of the product): which one of a class's 24 normalised features, added to the
 likeness job-context stage, lowers the regret on the TRAINING jobs? (How ``fit_context --signal`` chose
-RelativeSignalIntensity: models/MODEL_CARD.md, "After v6".)
+RelativeSignalIntensity: models/MODEL_CARD.md, top section, v7.)
 
 Usage::
 
-    python tools/stage_inputs.py --oof v5_unseen.npz [--folds 5] [--draws 5]
+    python tools/stage_inputs.py --oof datasets/stage_fits/v5_unseen_scores.npz [--folds 5] [--draws 5]
 
-``--oof``: scores no network saw the job of, with job, class_number, score, n_particles, n_true (the file v6 was
-fitted on; its assembly is in the model card's top section). For the stage's inputs alone
-(:func:`ranker.runtime.context.likeness_features`: z, z - z_best, 1, mean z, L, own) and for them plus each feature in
+``--oof``: scores no network saw the job of, with job, class_number, score, n_particles, n_true (the file v6 and v7
+were fitted on: datasets/README.md, "The scores the job-context stage is fitted on"); run from the repository root.
+For the stage's inputs alone (:func:`ranker.runtime.context.likeness_features`: z, z - z_best, 1, mean z, L, own)
+and for them plus each feature in
 turn (the class's own value, standardised over the training classes), fits the stage's logistic regression
 (``likeness_context.fit``: target purity, weight sqrt(n), ridge 1e-3) on the jobs of all folds but one and prints the
 regret at 0.5 of the held-out fold's jobs, pooled over folds: grouped cross-validation over jobs, repeated for
