@@ -543,7 +543,7 @@ def _main(argv: list[str], as_program: bool, signals: protocol.Interruptions) ->
             run(opts, jobdir, log)
         except BaseException as exc:  # noqa: BLE001 - every way out ends in the one cleanup below
             signals.block()
-            outcome = exc
+            outcome = signals.as_raised(exc)
     except protocol.JobInterrupted as exc:  # landed in the handler above, before block(): the first signal
         outcome = exc
     signals.block()

@@ -106,6 +106,7 @@ class Interruptions:
         self.pending: list[int] = []
         self.previous: dict[int, object] = {}
         self.early: list[int] = []
+        self.raised: int | None = None  # the signal whose JobInterrupted the handler raised
 
     def install(self) -> Interruptions:
         """Take over the signals. An entry script (relion_external_rank.py, ``python -m ranker``)
@@ -143,11 +144,20 @@ class Interruptions:
             self.blocked = True
             raise JobInterrupted(self.early[0])
 
+    def as_raised(self, exc: BaseException) -> BaseException:
+        """What an exception that ended the job stands for: the :class:`JobInterrupted` the handler
+        raised, when another exception replaced it on the way out (numpy turns whatever its import
+        meets into an ImportError, so a signal during a lazy ``import numpy`` arrived as one)."""
+        if self.raised is not None and not isinstance(exc, JobInterrupted):
+            return JobInterrupted(self.raised)
+        return exc
+
     def _handler(self, signum, _frame) -> None:
         if self.blocked:
             self.pending.append(signum)
             return
         self.blocked = True
+        self.raised = signum
         raise JobInterrupted(signum)
 
 
