@@ -185,21 +185,18 @@ def test_fit_with_signal_finds_that_bright_classes_are_junk(tmp_path):
     assert load_model(path, device="cpu").job_context == pytest.approx(coef)
 
 
-def test_shipped_stage_is_refitted_exactly_from_the_scores_in_the_repository(monkeypatch):
-    """v7's stage (and v6's, without the signal) comes back to the last digit from the 1,220 scores it was fitted on
-    (datasets/stage_fits/v5_unseen_scores.npz, datasets/README.md) and the frozen jobs' images and features."""
+def test_shipped_stage_is_refitted_exactly_from_the_scores_in_the_repository(monkeypatch, tmp_path):
+    """v7's stage (and v6's, without --signal) comes back to the last digit from the 1,220 scores it was fitted on
+    (datasets/stage_fits/v5_unseen_scores.npz) by the command datasets/README.md gives."""
     from conftest import ROOT
-    from ranker.develop.commands.fit_context import class_inputs
-    from ranker.develop.metrics import class_purity
+    from ranker.develop.__main__ import main as develop
 
     monkeypatch.chdir(ROOT)  # the file names its jobs relative to the repository
     d = np.load("datasets/stage_fits/v5_unseen_scores.npz")
     assert len(d["score"]) == 1220 and len(set(d["job"])) == 183
-    images, vectors = class_inputs(d["job"], d["class_number"])
-    purity = class_purity(d["n_particles"], d["n_true"], d["target"])
-    shipped = load_model(device="cpu")
-    fit = lambda *extra: fit_job_context(d["score"], d["job"], d["n_particles"], purity,  # noqa: E731
-                                         shipped.logit_shift, *extra)
-    assert shipped.job_context == pytest.approx(fit(images, vectors), rel=1e-6, abs=1e-9)
-    v6 = load_model(os.path.join(ROOT, "models", "relion_external_rank_v6.npz"), device="cpu").job_context
-    assert v6 == pytest.approx(fit(images), rel=1e-6, abs=1e-9)
+    for shipped, extra in (("relion_external_rank_v7.npz", ["--signal"]), ("relion_external_rank_v6.npz", [])):
+        out = str(tmp_path / shipped)
+        assert develop(["fit_context", "--oof", "datasets/stage_fits/v5_unseen_scores.npz", "--model",
+                        "models/relion_external_rank_v5.npz", "--out", out, "--likeness"] + extra) == 0
+        expected = load_model(os.path.join(ROOT, "models", shipped), device="cpu").job_context
+        assert load_model(out, device="cpu").job_context == pytest.approx(expected, rel=1e-6, abs=1e-9)
